@@ -1,0 +1,126 @@
+"""Checkpoint files: reading every accepted format, loading weights with a report, atomic writing."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_GLOB = "model0*.model"
+FORMAT_TAG = "voxceleb_trainer_next/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used, with a message for people."""
+
+
+@dataclass
+class LoadReport:
+    """What happened when weights were copied from a file into a model."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    def missing_in(self, prefix: str) -> list[str]:
+        """Missing keys that start with `prefix` (e.g. '__S__.')."""
+        return [key for key in self.missing if key.startswith(prefix)]
+
+    def mismatched_in(self, prefix: str) -> list[tuple[str, tuple, tuple]]:
+        """Shape-mismatched keys that start with `prefix`."""
+        return [item for item in self.mismatched if item[0].startswith(prefix)]
+
+    def text(self, limit: int = 8) -> str:
+        """One human-readable block describing the load."""
+        lines = [f"Loaded {len(self.loaded)} tensors from {self.path}"]
+
+        def listing(title: str, items: list[str]) -> None:
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:limit])
+                             + (" ..." if len(items) > limit else ""))
+
+        listing("missing in the file, left at their initial values", self.missing)
+        listing("in the file but not in the model, ignored", self.unexpected)
+        listing("shape differs, ignored", [f"{k} model {list(m)} file {list(f)}" for k, m, f in self.mismatched])
+        return "\n".join(lines)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file onto the CPU without executing pickled code."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged or foreign files
+        raise CheckpointError(f"Cannot read checkpoint {path}: {type(error).__name__}: {error}. "
+                              "Is it a complete PyTorch checkpoint file?") from error
+    if not isinstance(content, dict):
+        raise CheckpointError(f"Checkpoint {path} holds a {type(content).__name__}, expected a dict of tensors")
+    return content
+
+
+def model_weights(content: dict, path: str = "") -> dict[str, torch.Tensor]:
+    """The model state_dict inside any accepted checkpoint layout."""
+    if "model_state_dict" in content:
+        weights = content["model_state_dict"]
+    elif set(content) == {"model"} and isinstance(content["model"], dict):
+        weights = {"__S__." + key: value for key, value in content["model"].items()}
+    else:
+        weights = content
+    tensors = {key: value for key, value in weights.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"Checkpoint {path} contains no tensors")
+    return tensors
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: str = "") -> LoadReport:
+    """Copy matching tensors (parameters and buffers) into `module` and report the rest."""
+    own = module.state_dict()
+    report = LoadReport(path=path)
+    with torch.no_grad():
+        for key, value in weights.items():
+            name = key if key in own else key.replace("module.", "")
+            if name not in own:
+                report.unexpected.append(key)
+            elif own[name].shape != value.shape:
+                report.mismatched.append((name, tuple(own[name].shape), tuple(value.shape)))
+            else:
+                own[name].copy_(value)
+                report.loaded.append(name)
+    loaded = set(report.loaded)
+    report.missing = [key for key in own if key not in loaded]
+    if not report.loaded:
+        raise CheckpointError(f"Checkpoint {path} shares no tensor with this model (same name and shape). "
+                              "Check --model, --encoder_type, --n_mels and --nOut against the checkpoint.\n"
+                              + report.text())
+    return report
+
+
+def write_atomically(payload: dict, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename it over `path`."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def epoch_of(path: str) -> int:
+    """Epoch number in a file name like model000000010.model."""
+    match = re.search(r"model(\d+)\.model$", os.path.basename(path))
+    if not match:
+        raise CheckpointError(f"Not a checkpoint file name: {path}")
+    return int(match.group(1))
+
+
+def saved_checkpoints(model_save_path: str) -> list[str]:
+    """Checkpoints of an experiment, oldest first (temporary files are never listed)."""
+    return sorted(glob.glob(os.path.join(model_save_path, CHECKPOINT_GLOB)))

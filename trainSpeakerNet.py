@@ -1,0 +1,305 @@
+#!/usr/bin/env python
+"""Train or evaluate a speaker-embedding network: flags + YAML -> one args namespace -> train or --eval."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import os
+import sys
+import time
+import warnings
+import zipfile
+
+import numpy as np
+import torch
+import yaml
+
+import DatasetLoader
+import tuneThreshold
+from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, check_per_speaker, resolve_device
+
+RUNTIME_KEYS = ("model_save_path", "result_save_path", "feat_save_path", "gpu", "config")
+
+
+def str2bool(value) -> bool:
+    """Parse true/false/1/0/yes/no (any case); unlike the original's type=bool, 'False' is False."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got '{value}'")
+
+
+def add_flag(group, name: str, kind, default, help_text: str) -> None:
+    """Add --name; booleans work bare (--augment) or with a value (--augment false)."""
+    if kind is bool:
+        group.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=default, metavar="BOOL",
+                           help=help_text)
+    else:
+        group.add_argument(f"--{name}", type=kind, default=default, help=help_text)
+
+
+FLAG_GROUPS = {
+    "Data loader": [
+        ("max_frames", int, 200, "training crop length in 10 ms frames"),
+        ("eval_frames", int, 300, "test crop length in frames; 0 uses whole utterances"),
+        ("batch_size", int, 200, "speakers per batch, per process"),
+        ("max_seg_per_spk", int, 500, "maximum utterances per speaker per epoch"),
+        ("nDataLoaderThread", int, 5, "DataLoader worker processes (train and test)"),
+        ("augment", bool, False, "online MUSAN/RIR augmentation"),
+        ("seed", int, 10, "seed of the sampler, crops and augmentation"),
+        ("skip_bad_audio", bool, False, "replace unreadable training files by another of the same speaker "
+                                        "(counted) instead of stopping"),
+    ],
+    "Training": [
+        ("test_interval", int, 10, "evaluate and save every N epochs (also the StepLR step size)"),
+        ("max_epoch", int, 500, "last epoch (inclusive)"),
+        ("trainfunc", str, "", "loss plug-in in loss/"),
+    ],
+    "Optimizer and scheduler": [
+        ("optimizer", str, "adam", "optimizer plug-in in optimizer/"),
+        ("scheduler", str, "steplr", "scheduler plug-in in scheduler/"),
+        ("lr", float, 0.001, "learning rate"),
+        ("lr_decay", float, 0.95, "StepLR decay factor"),
+        ("weight_decay", float, 0, "weight decay"),
+    ],
+    "Loss functions": [
+        ("hard_prob", float, 0.5, "triplet: probability of a hard negative"),
+        ("hard_rank", int, 10, "triplet: hard negative drawn from the top hard_rank+1"),
+        ("margin", float, 0.1, "margin of amsoftmax, aamsoftmax and triplet"),
+        ("scale", float, 30, "scale of amsoftmax and aamsoftmax"),
+        ("easy_margin", bool, False, "aamsoftmax: easy-margin variant"),
+        ("nPerSpeaker", int, 1, "utterances per speaker in each batch item (metric losses need 2 or more)"),
+        ("nClasses", int, 5994, "number of training speakers for classification losses"),
+    ],
+    "Evaluation": [
+        ("dcf_p_target", float, 0.05, "MinDCF target prior (MinDCF at 0.01 is printed too)"),
+        ("dcf_c_miss", float, 1, "MinDCF miss cost"),
+        ("dcf_c_fa", float, 1, "MinDCF false-alarm cost"),
+        ("num_eval", int, 10, "crops per test file"),
+        ("scoring", str, "original", "original (minus mean crop distance) or cosine (mean normalised embedding)"),
+        ("score_file", str, "", "--eval: write '<score> <enrol> <test>' per trial to this file"),
+    ],
+    "Load and save": [
+        ("initial_model", str, "", "weights to start from (takes precedence over resuming)"),
+        ("save_path", str, "exps/exp1", "experiment folder (model/ and result/ inside)"),
+    ],
+    "Training and test data": [
+        ("train_list", str, "data/train_list.txt", "train list: '<speaker> <relative path>' lines"),
+        ("test_list", str, "data/veri_test.txt", "trial list: '<label> <enrol> <test>' lines"),
+        ("train_path", str, "data/voxceleb2/dev/wav", "root of the train list's paths"),
+        ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths"),
+        ("musan_path", str, "data/musan_split", "split MUSAN folder"),
+        ("rir_path", str, "data/RIRS_NOISES/simulated_rirs", "simulated RIR folder"),
+    ],
+    "Model definition": [
+        ("n_mels", int, 40, "mel filterbank channels"),
+        ("log_input", bool, False, "log of the mel power"),
+        ("model", str, "", "model plug-in in models/"),
+        ("encoder_type", str, "SAP", "pooling: SAP, ASP (ResNets), TAP, MAX (VGGVox)"),
+        ("nOut", int, 512, "embedding size"),
+        ("sinc_stride", int, 10, "RawNet3 sinc-conv stride"),
+    ],
+    "Run mode and hardware": [
+        ("eval", bool, False, "evaluate only, then exit"),
+        ("port", str, "8888", "MASTER_PORT for distributed training"),
+        ("distributed", bool, False, "one process per visible GPU (DistributedDataParallel)"),
+        ("mixedprec", bool, False, "float16 autocast + grad scaler on CUDA; bfloat16 on CPUs with fast bfloat16"),
+        ("device", str, "auto", "auto (CUDA when available), cpu or cuda"),
+        ("gpu_id", int, 0, "GPU to use when not distributed (sets CUDA_VISIBLE_DEVICES)"),
+    ],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the original's flags and defaults, plus ours."""
+    parser = argparse.ArgumentParser(description="SpeakerNet: train or evaluate speaker-embedding networks")
+    parser.add_argument("--config", type=str, default=None, help="YAML file whose keys override the flags")
+    for title, flags in FLAG_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name, kind, default, help_text in flags:
+            add_flag(group, name, kind, default, help_text)
+    return parser
+
+
+def flags_given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the options that appear on the command line."""
+    given = set()
+    for token in argv:
+        if token.startswith("--"):
+            action = parser._option_string_actions.get(token.split("=", 1)[0])
+            if action is not None:
+                given.add(action.dest)
+    return given
+
+
+def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, config_path: str,
+                 given: set[str]) -> None:
+    """YAML values win over the command line, cast with each flag's type (the original's semantics)."""
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise SystemExit(f"Cannot read --config {config_path}: {error.strerror}")
+    except yaml.YAMLError as error:
+        raise SystemExit(f"--config {config_path} is not valid YAML: {error}")
+    if not isinstance(content, dict):
+        raise SystemExit(f"--config {config_path}: expected 'key: value' lines, found a {type(content).__name__}")
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in content.items():
+        if key not in actions or key == "config":
+            warnings.warn(f"Ignored unknown parameter '{key}' in {config_path}", stacklevel=2)
+            continue
+        cast = actions[key].type
+        try:
+            value = value if value is None or cast is None else cast(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            type_name = "bool" if cast is str2bool else getattr(cast, "__name__", str(cast))
+            raise SystemExit(f"--config {config_path}: key '{key}' has value {value!r}, "
+                             f"which is not a valid {type_name}")
+        if key in given and getattr(args, key) != value:
+            warnings.warn(f"--{key} {getattr(args, key)} from the command line is overridden by "
+                          f"{config_path} ({key}: {value})", stacklevel=2)
+        setattr(args, key, value)
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags, then the YAML file, then the runtime paths the original adds."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        apply_config(parser, args, args.config, flags_given(parser, argv))
+    args.model_save_path = os.path.join(args.save_path, "model")
+    args.result_save_path = os.path.join(args.save_path, "result")
+    args.feat_save_path = ""
+    args.gpu = 0
+    return args
+
+
+def resolved_config(args: argparse.Namespace) -> dict:
+    """The configuration as YAML-able values, loadable again with --config."""
+    return {key: value for key, value in vars(args).items() if key not in RUNTIME_KEYS}
+
+
+def write_run_record(args: argparse.Namespace) -> None:
+    """Snapshot of the top-level code (.zip), the Namespace (.cmd) and the resolved config (YAML)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+    here = os.path.dirname(os.path.abspath(__file__))
+    with zipfile.ZipFile(os.path.join(args.result_save_path, f"run{stamp}.zip"), "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(glob.glob(os.path.join(here, "*.py"))):
+            bundle.write(path, os.path.basename(path))
+    with open(os.path.join(args.result_save_path, f"run{stamp}.cmd"), "w", encoding="utf-8") as handle:
+        handle.write(str(args))
+    temporary = os.path.join(args.save_path, "config.yaml.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(resolved_config(args), handle, sort_keys=False)
+    os.replace(temporary, os.path.join(args.save_path, "config.yaml"))
+
+
+def error_rates(scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> tuple[float, float, float]:
+    """EER (%), MinDCF at --dcf_p_target and MinDCF at 0.01 of the labelled trials."""
+    eer = tuneThreshold.tuneThresholdfromScore(scores, labels, [1, 0.1])[1]
+    fnrs, fprs, thresholds = tuneThreshold.ComputeErrorRates(scores, labels)
+    min_dcf = tuneThreshold.ComputeMinDcf(fnrs, fprs, thresholds, args.dcf_p_target, args.dcf_c_miss, args.dcf_c_fa)[0]
+    min_dcf_01 = tuneThreshold.ComputeMinDcf(fnrs, fprs, thresholds, 0.01, args.dcf_c_miss, args.dcf_c_fa)[0]
+    return eer, min_dcf, min_dcf_01
+
+
+def evaluate(trainer: ModelTrainer, args: argparse.Namespace) -> tuple[float, float]:
+    """Score the trial list; print EER and MinDCF; write the score file when asked. Returns (EER, MinDCF)."""
+    scores, labels, pairs = trainer.evaluateFromList(**vars(args))
+    if args.score_file:
+        temporary = args.score_file + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{score:.6f} {pair}\n" for score, pair in zip(scores, pairs))
+        os.replace(temporary, args.score_file)
+        print(f"Wrote {len(pairs)} scores to {args.score_file}")
+    labelled = labels >= 0
+    if not labelled.all():
+        print(f"{int((~labelled).sum())} trial lines of {args.test_list} have no label: scored, not in the EER")
+    if len(set(labels[labelled].tolist())) < 2:
+        raise SystemExit(f"{args.test_list}: EER needs both target (1) and non-target (0) trials")
+    eer, min_dcf, min_dcf_01 = error_rates(scores[labelled], labels[labelled], args)
+    print(f"EER {eer:2.4f} MinDCF {min_dcf:2.5f} (p_target {args.dcf_p_target:g}) MinDCF {min_dcf_01:2.5f} (p_target 0.01)")
+    return eer, min_dcf
+
+
+def build_train_loader(args: argparse.Namespace):
+    """Dataset, speaker-balanced sampler and DataLoader of the train list."""
+    dataset = DatasetLoader.train_dataset_loader(**vars(args))
+    sampler = DatasetLoader.train_dataset_sampler(dataset, **vars(args))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.nDataLoaderThread,
+                                         sampler=sampler, pin_memory=False, drop_last=True,
+                                         worker_init_fn=DatasetLoader.worker_init_fn)
+    return dataset, sampler, loader
+
+
+def train(trainer: ModelTrainer, args: argparse.Namespace) -> None:
+    """The epoch loop: train, log, and every test_interval epochs evaluate and save."""
+    check_per_speaker(args.trainfunc, trainer.__model__.module.__L__, args.nPerSpeaker)
+    dataset, sampler, loader = build_train_loader(args)
+    first_epoch = 1
+    if args.initial_model:
+        trainer.loadParameters(args.initial_model)
+    else:
+        first_epoch = trainer.resume_latest(args.model_save_path)
+    write_run_record(args)
+    with open(os.path.join(args.result_save_path, "scores.txt"), "a", encoding="utf-8") as scorefile:
+        for epoch in range(first_epoch, args.max_epoch + 1):
+            sampler.set_epoch(epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            lr = trainer.current_lr()
+            loss, traineer = trainer.train_network(loader, verbose=True)
+            line = f"Epoch {epoch:d}, TEER/TAcc {traineer:2.2f}, TLOSS {loss:f}, LR {lr:f}"
+            print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
+            scorefile.write(line + " \n")
+            if epoch % args.test_interval == 0:
+                eer, min_dcf = evaluate(trainer, args)
+                line = f"Epoch {epoch:d}, VEER {eer:2.4f}, MinDCF {min_dcf:2.5f}"
+                print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
+                scorefile.write(line + "\n")
+                stem = os.path.join(args.model_save_path, f"model{epoch:09d}")
+                trainer.saveParameters(stem + ".model", epoch)
+                with open(stem + ".eer", "w", encoding="utf-8") as handle:
+                    handle.write(f"{eer:2.4f}")
+            scorefile.flush()
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the model and trainer on the chosen device, then evaluate or train."""
+    device = resolve_device(args.device)
+    speaker_net = WrappedModel(SpeakerNet(**vars(args))).to(device)
+    trainer = ModelTrainer(speaker_net, **dict(vars(args), device=device))
+    if args.eval:
+        if args.initial_model:
+            trainer.loadParameters(args.initial_model, strict_model=True)
+        elif not trainer.resume_latest(args.model_save_path) > 1:
+            raise SystemExit("--eval needs --initial_model or a checkpoint in " + args.model_save_path)
+        parameters = sum(p.numel() for p in speaker_net.module.__S__.parameters())
+        print(f"Total parameters: {parameters}")
+        evaluate(trainer, args)
+        return
+    train(trainer, args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = parse_arguments(argv)
+    if not args.distributed and args.device != "cpu" and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu_id)
+    print(f"Python {sys.version.split()[0]}, PyTorch {torch.__version__}, "
+          f"{torch.cuda.device_count()} GPU(s), save path {args.save_path}")
+    if not args.eval:
+        os.makedirs(args.model_save_path, exist_ok=True)
+        os.makedirs(args.result_save_path, exist_ok=True)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
