@@ -1,0 +1,73 @@
+"""Waveform front ends shared by the models: pre-emphasis, mel filterbank, normalised log-mel features."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+WIN_LENGTH = 400
+HOP_LENGTH = 160
+
+
+class PreEmphasis(nn.Module):
+    """y[t] = x[t] - coef * x[t-1] on [B, T] waveforms (left edge reflect-padded); filter kept as a buffer."""
+
+    def __init__(self, coef: float = 0.97) -> None:
+        super().__init__()
+        self.coef = coef
+        self.register_buffer("flipped_filter", torch.tensor([[[-coef, 1.0]]], dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Filter a [B, T] waveform batch."""
+        if x.dim() != 2:
+            raise ValueError(f"PreEmphasis expects a [batch, samples] waveform, got shape {list(x.shape)}")
+        padded = F.pad(x.unsqueeze(1), (1, 0), mode="reflect")
+        return F.conv1d(padded, self.flipped_filter).squeeze(1)
+
+
+def mel_filterbank(n_mels: int, window_fn: Callable[..., torch.Tensor] = torch.hamming_window,
+                   f_max: float | None = None) -> torchaudio.transforms.MelSpectrogram:
+    """torchaudio MelSpectrogram with the original's settings (16 kHz, 512-point FFT, 25 ms window, 10 ms hop)."""
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH,
+        window_fn=window_fn, f_min=0.0, f_max=f_max, n_mels=n_mels,
+    )
+
+
+def normalised_features(feature_fn: nn.Module, x: torch.Tensor, log_input: bool) -> torch.Tensor:
+    """Waveform [B, samples] -> per-utterance normalised (log-)features [B, 1, bins, frames], float32, no grad.
+
+    Computed with autocast disabled so that mixed-precision training sees the same features as float32.
+    """
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        feats = feature_fn(x.float()) + 1e-6
+        if log_input:
+            feats = feats.log()
+        feats = F.instance_norm(feats, eps=1e-5)
+    return feats.unsqueeze(1)
+
+
+def min_samples_for(frames_after_pooling: Callable[[int], int], center: bool = True) -> int:
+    """Smallest input length (samples) that gives at least one frame after the network's time pooling."""
+    frames = 1
+    while frames_after_pooling(frames) < 1:
+        frames += 1
+    if center:  # reflect padding needs more than n_fft // 2 samples
+        return max(N_FFT // 2 + 1, (frames - 1) * HOP_LENGTH)
+    return N_FFT + (frames - 1) * HOP_LENGTH
+
+
+def check_input_length(x: torch.Tensor, min_samples: int, model_name: str) -> None:
+    """Raise a ValueError naming the minimum when the waveform batch [B, samples] is too short."""
+    if x.dim() != 2:
+        raise ValueError(f"{model_name} expects a waveform batch [batch, samples], got shape {list(x.shape)}")
+    if x.shape[-1] < min_samples:
+        raise ValueError(
+            f"{model_name} needs at least {min_samples} samples per input "
+            f"({min_samples / SAMPLE_RATE:.3f} s at 16 kHz), got {x.shape[-1]}; use longer audio or crops "
+            f"(--max_frames / --eval_frames)")
