@@ -24,6 +24,10 @@ PLUGIN_KINDS = {  # folder -> (flag, attribute every plug-in must define)
 }
 
 
+class PluginError(ValueError):
+    """An unknown plug-in name or a plug-in that cannot serve this run."""
+
+
 def available_plugins(folder: str) -> list[str]:
     """Names of the plug-ins in `folder` (files that define the folder's entry point)."""
     attribute = PLUGIN_KINDS[folder][1]
@@ -37,7 +41,7 @@ def load_plugin(folder: str, name: str):
     names = available_plugins(folder)
     if name not in names:
         given = f"'{name}'" if name else "nothing"
-        raise ValueError(f"{flag} got {given}; available in {folder}/: {', '.join(names)}")
+        raise PluginError(f"{flag} got {given}; available in {folder}/: {', '.join(names)}")
     if str(PROJECT_ROOT) not in sys.path:
         sys.path.insert(0, str(PROJECT_ROOT))
     module = importlib.import_module(f"{folder}.{name}")
@@ -50,7 +54,7 @@ def check_per_speaker(trainfunc: str, loss: nn.Module, nPerSpeaker: int) -> None
     high = getattr(loss, "max_per_speaker", None)
     if nPerSpeaker < low or (high is not None and nPerSpeaker > high):
         accepted = str(low) if low == high else f"{low} or more" if high is None else f"{low} to {high}"
-        raise ValueError(f"Loss '{trainfunc}' needs --nPerSpeaker {accepted}, got {nPerSpeaker}")
+        raise PluginError(f"Loss '{trainfunc}' needs --nPerSpeaker {accepted}, got {nPerSpeaker}")
 
 
 class SpeakerNet(nn.Module):
@@ -145,7 +149,7 @@ class ModelTrainer:
         self.__optimizer__ = load_plugin("optimizer", optimizer)(self.__model__.parameters(), **kwargs)
         self.__scheduler__, self.lr_step = load_plugin("scheduler", scheduler)(self.__optimizer__, **kwargs)
         if self.lr_step not in ("epoch", "iteration"):
-            raise ValueError(f"Scheduler '{scheduler}' returned lr_step '{self.lr_step}'; "
+            raise PluginError(f"Scheduler '{scheduler}' returned lr_step '{self.lr_step}'; "
                              "expected 'epoch' or 'iteration'")
         self.autocast_dtype = autocast_dtype(device, mixedprec)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)

@@ -17,7 +17,8 @@ import yaml
 
 import DatasetLoader
 import tuneThreshold
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, check_per_speaker, resolve_device
+import checkpoints
+from SpeakerNet import ModelTrainer, PluginError, SpeakerNet, WrappedModel, check_per_speaker, resolve_device
 
 RUNTIME_KEYS = ("model_save_path", "result_save_path", "feat_save_path", "gpu", "config")
 
@@ -298,7 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.eval:
         os.makedirs(args.model_save_path, exist_ok=True)
         os.makedirs(args.result_save_path, exist_ok=True)
-    run(args)
+    try:
+        run(args)
+    except (PluginError, checkpoints.CheckpointError) as error:
+        raise SystemExit(f"Error: {error}")
 
 
 if __name__ == "__main__":
