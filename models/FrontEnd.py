@@ -52,9 +52,14 @@ def normalised_features(feature_fn: nn.Module, x: torch.Tensor, log_input: bool)
     return feats.unsqueeze(1)
 
 
+def conv_length(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output length of a convolution or pooling along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def min_samples_for(frames_after_pooling: Callable[[int], int], center: bool = True) -> int:
     """Smallest input length (samples) that gives at least one frame after the network's time pooling."""
-    frames = 1
+    frames = 2  # instance normalisation over time needs at least two frames
     while frames_after_pooling(frames) < 1:
         frames += 1
     if center:  # reflect padding needs more than n_fft // 2 samples

@@ -1,4 +1,4 @@
-"""Residual building blocks with squeeze-excitation, shared by the ResNet speaker models."""
+"""Residual building blocks with squeeze-excitation (ResNet basic, bottleneck, Res2Net), shared by the models."""
 from __future__ import annotations
 
 import torch
@@ -73,6 +73,49 @@ class SEBottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.se(self.bn3(self.conv3(out)))
+        return self.relu(out + residual)
+
+
+class SERes2NetBlock(nn.Module):
+    """Res2Net block with SE: 1x1 conv, `scale` channel groups with hierarchical 3x3 convs, 1x1 conv, residual.
+
+    Group i (except the last) sees its own channels plus the output of group i-1, so the block mixes
+    several receptive-field sizes. A strided block convolves the groups independently and average-pools
+    the last group, as Res2Net does at the start of a stage.
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int | tuple[int, int] = 1,
+                 downsample: nn.Module | None = None, scale: int = 4, reduction: int = 8) -> None:
+        super().__init__()
+        if scale < 2 or planes % scale:
+            raise ValueError(f"res2net_scale must be at least 2 and divide the stage width {planes}; got {scale}")
+        width = planes // scale
+        self.scale = scale
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=1, bias=False) for _ in range(scale - 1))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(scale - 1))
+        self.pool = None if stride in (1, (1, 1)) else nn.AvgPool2d(kernel_size=3, stride=stride, padding=1)
+        self.conv3 = nn.Conv2d(planes, planes, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SELayer(planes, reduction)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block to [B, C, H, W]."""
+        residual = x if self.downsample is None else self.downsample(x)
+        groups = torch.chunk(self.relu(self.bn1(self.conv1(x))), self.scale, dim=1)
+        outputs: list[torch.Tensor] = []
+        for group, conv, bn in zip(groups, self.convs, self.bns):
+            if outputs and self.pool is None:
+                group = group + outputs[-1]
+            outputs.append(self.relu(bn(conv(group))))
+        outputs.append(groups[-1] if self.pool is None else self.pool(groups[-1]))
+        out = self.se(self.bn3(self.conv3(torch.cat(outputs, dim=1))))
         return self.relu(out + residual)
 
 
