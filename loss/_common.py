@@ -41,3 +41,16 @@ def equal_error_rate(positive: torch.Tensor, negative: torch.Tensor) -> torch.Te
     false_accept = torch.cat([zero, (1 - is_target).cumsum(0)]) / negative.numel()
     best = torch.argmin((false_reject - false_accept).abs())
     return (false_reject[best] + false_accept[best]) / 2 * 100.0
+
+
+def check_embedding_size(loss: nn.Module, x: torch.Tensor, n_out: int) -> None:
+    """Raise a ValueError when the embedding width differs from the loss's nOut."""
+    if x.shape[-1] != n_out:
+        name = type(loss).__module__.rsplit(".", 1)[-1]
+        raise ValueError(f"loss '{name}' was built for nOut {n_out} but got embeddings of width {x.shape[-1]}; "
+                         f"use the same --nOut for the model and the loss")
+
+
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Matrix of squared Euclidean distances ||a_i - b_j||^2 for a [N, D] and b [M, D] -> [N, M]."""
+    return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp(min=0)

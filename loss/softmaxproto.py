@@ -1,0 +1,28 @@
+"""Softmax over all utterances plus the angular prototypical loss (needs nPerSpeaker 2)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loss import angleproto, softmax
+from loss._common import check_per_speaker
+
+
+class LossFunction(nn.Module):
+    """softmax CE on every embedding + angleproto on the pairs; prec1 = softmax top-1 accuracy (%)."""
+
+    min_per_speaker = 2
+    max_per_speaker: int | None = 2
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__()
+        self.test_normalize = True
+        self.softmax = softmax.LossFunction(**kwargs)
+        self.angleproto = angleproto.LossFunction(**kwargs)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, 2, D], label [B] -> (loss, accuracy %)."""
+        check_per_speaker(self, x)
+        softmax_loss, prec1 = self.softmax(x.reshape(-1, x.shape[-1]), label.repeat_interleave(x.shape[1]))
+        proto_loss, _ = self.angleproto(x, None)
+        return softmax_loss + proto_loss, prec1
