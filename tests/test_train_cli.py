@@ -1,0 +1,170 @@
+"""End-to-end runs of the real trainSpeakerNet.py CLI on generated audio."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EPOCH_LINE = re.compile(r"^Epoch (\d+), TEER/TAcc (\d+\.\d\d), TLOSS (-?\d+\.\d{6}), LR (\d+\.\d{6}) $")
+VEER_LINE = re.compile(r"^Epoch (\d+), VEER (\d+\.\d{4}), MinDCF (\d+\.\d{5})$")
+
+
+def small_run(corpus: dict, save_path: Path, *extra: str) -> list[str]:
+    """Flags of a tiny but real training run."""
+    return ["--model", "ResNetSE34L", "--trainfunc", "angleproto", "--nPerSpeaker", "2", "--batch_size", "3",
+            "--max_frames", "40", "--eval_frames", "60", "--num_eval", "2", "--nOut", "32", "--log_input", "true",
+            "--nDataLoaderThread", "0", "--test_interval", "1", "--lr_decay", "0.5", "--device", "cpu",
+            "--train_list", corpus["train_list"], "--train_path", corpus["train_path"],
+            "--test_list", corpus["test_list"], "--test_path", corpus["test_path"],
+            "--save_path", str(save_path), *extra]
+
+
+def run_cli(argv: list[str], cwd: Path = PROJECT_ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "trainSpeakerNet.py", *argv], cwd=cwd, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def epoch_log(save_path: Path) -> dict[int, tuple[str, str]]:
+    """Last (TLOSS, LR) logged for each epoch in result/scores.txt."""
+    rows = {}
+    for line in (save_path / "result" / "scores.txt").read_text().splitlines():
+        match = EPOCH_LINE.match(line)
+        if match:
+            rows[int(match.group(1))] = (match.group(3), match.group(4))
+        else:
+            assert VEER_LINE.match(line), f"unexpected scores.txt line: {line!r}"
+    return rows
+
+
+def checkpoint_names(save_path: Path) -> list[str]:
+    return sorted(path.name for path in (save_path / "model").iterdir())
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch run."""
+    save_path = tmp_path_factory.mktemp("uninterrupted")
+    run_cli(small_run(tiny_corpus, save_path, "--max_epoch", "3"))
+    return save_path
+
+
+def test_training_writes_the_original_save_layout(trained):
+    assert checkpoint_names(trained) == [f"model{e:09d}.{ext}" for e in (1, 2, 3) for ext in ("eer", "model")]
+    rows = epoch_log(trained)
+    assert sorted(rows) == [1, 2, 3]
+    assert [lr for _, lr in rows.values()] == ["0.001000", "0.000500", "0.000250"]
+    results = sorted(path.suffix for path in (trained / "result").iterdir())
+    assert results == [".cmd", ".txt", ".zip"]
+    assert (trained / "config.yaml").is_file()
+    content = torch.load(trained / "model" / "model000000003.model", weights_only=True)
+    assert content["epoch"] == 3 and "optimizer_state_dict" in content and "scheduler_state_dict" in content
+    assert any(key.startswith("__S__.") for key in content["model_state_dict"])
+    assert re.fullmatch(r"\d+\.\d{4}", (trained / "model" / "model000000003.eer").read_text())
+
+
+def test_killed_run_resumes_like_an_uninterrupted_one(tiny_corpus, tmp_path, trained):
+    save_path = tmp_path / "killed"
+    argv = small_run(tiny_corpus, save_path, "--max_epoch", "3")
+    process = subprocess.Popen([sys.executable, "trainSpeakerNet.py", *argv], cwd=PROJECT_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    first = save_path / "model" / "model000000001.eer"
+    deadline = time.time() + 300
+    while not first.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first.exists()
+    output = run_cli(argv).stdout
+    assert "Resumed from" in output
+    assert checkpoint_names(save_path) == checkpoint_names(trained)
+    resumed, reference = epoch_log(save_path), epoch_log(trained)
+    assert sorted(resumed) == [1, 2, 3]
+    assert [lr for _, lr in resumed.values()] == [lr for _, lr in reference.values()]
+
+
+def test_half_written_checkpoint_is_ignored(tiny_corpus, tmp_path, trained):
+    save_path = tmp_path / "half"
+    shutil.copytree(trained, save_path)
+    newest = save_path / "model" / "model000000003.model"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    (save_path / "model" / "model000000004.model.tmp").write_bytes(b"partial")
+    result = run_cli(small_run(tiny_corpus, save_path, "--max_epoch", "4"))
+    assert "Resumed from" in result.stdout and "model000000002.model" in result.stdout
+    assert "Skipping checkpoint" in result.stderr
+    assert sorted(epoch_log(save_path)) == [1, 2, 3, 4]
+
+
+def test_eval_prints_eer_and_writes_score_file(tiny_corpus, tmp_path, trained):
+    score_file = tmp_path / "scores.txt"
+    argv = small_run(tiny_corpus, tmp_path / "unused", "--eval", "--initial_model",
+                     str(trained / "model" / "model000000003.model"), "--score_file", str(score_file),
+                     "--train_list", str(tmp_path / "no_train_list.txt"), "--musan_path", str(tmp_path / "none"))
+    result = run_cli(argv)
+    assert re.search(r"^EER \d+\.\d{4} MinDCF \d+\.\d{5}", result.stdout, re.M), result.stdout
+    trials = Path(tiny_corpus["test_list"]).read_text().splitlines()
+    lines = score_file.read_text().splitlines()
+    assert len(lines) == len(trials)
+    for line, trial in zip(lines, trials):
+        score, enrol, test = line.split()
+        assert float(score) <= 0 and f"{enrol} {test}" == trial.split(" ", 1)[1]
+
+
+def test_eval_whole_utterances_and_unlabelled_lines(tiny_corpus, tmp_path, trained):
+    trials = Path(tiny_corpus["test_list"]).read_text().splitlines()
+    mixed = tmp_path / "mixed.txt"
+    _, enrol, test = trials[0].split()
+    mixed.write_text("\n".join(trials + [f"{test} {enrol}"]) + "\n")
+    argv = small_run(tiny_corpus, tmp_path / "unused", "--eval", "--eval_frames", "0", "--test_list", str(mixed),
+                     "--initial_model", str(trained / "model" / "model000000003.model"))
+    output = run_cli(argv).stdout
+    assert "1 trial lines" in output and re.search(r"^EER \d+\.\d{4}", output, re.M)
+
+
+def test_eval_rejects_a_checkpoint_of_another_model(tiny_corpus, tmp_path, trained):
+    argv = small_run(tiny_corpus, tmp_path / "unused", "--eval", "--nOut", "48",
+                     "--initial_model", str(trained / "model" / "model000000003.model"))
+    result = run_cli(argv, check=False)
+    assert result.returncode != 0 and "does not fit the model" in result.stderr
+
+
+def test_plugin_errors_name_the_choices(tiny_corpus, tmp_path):
+    result = run_cli(small_run(tiny_corpus, tmp_path / "x", "--model", "ResNet999"), check=False)
+    assert result.returncode != 0 and "--model got 'ResNet999'" in result.stderr and "ResNetSE34L" in result.stderr
+    result = run_cli(small_run(tiny_corpus, tmp_path / "y", "--nPerSpeaker", "1"), check=False)
+    assert result.returncode != 0 and "Loss 'angleproto' needs --nPerSpeaker 2 or more, got 1" in result.stderr
+
+
+def test_dropped_in_plugins_work_by_name(tiny_corpus, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT_ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "tests", "data", "exps",
+                                                                          "__pycache__", "benchmarks"))
+    (project / "models" / "TinyConv.py").write_text(
+        "import torch.nn as nn\n\n\n"
+        "def MainModel(nOut=8, **kwargs):\n"
+        "    return nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 4, 400, stride=160), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, nOut))\n")
+    (project / "loss" / "centroid.py").write_text(
+        "import torch\nimport torch.nn as nn\n\n\n"
+        "class LossFunction(nn.Module):\n"
+        "    min_per_speaker, max_per_speaker = 2, None\n"
+        "    test_normalize = True\n\n"
+        "    def __init__(self, **kwargs):\n"
+        "        super().__init__()\n\n"
+        "    def forward(self, x, label=None):\n"
+        "        spread = (x - x.mean(1, keepdim=True)).pow(2).mean()\n"
+        "        return spread, torch.zeros(1)\n")
+    save_path = tmp_path / "plugin_run"
+    argv = small_run(tiny_corpus, save_path, "--model", "TinyConv", "--trainfunc", "centroid", "--max_epoch", "1")
+    run_cli(argv, cwd=project)
+    assert (save_path / "model" / "model000000001.model").is_file()
