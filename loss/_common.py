@@ -31,8 +31,8 @@ def accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 def equal_error_rate(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """EER in percent for target scores `positive` and non-target scores `negative` (higher = same speaker)."""
-    scores = torch.cat([positive, negative]).detach().float()
-    is_target = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]).float()
+    scores = torch.cat([positive, negative]).detach().double()
+    is_target = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]).double()
     order = torch.argsort(scores, descending=True)
     is_target = is_target[order]
     # accept everything scoring at or above each threshold, starting from "accept nothing"
@@ -40,7 +40,7 @@ def equal_error_rate(positive: torch.Tensor, negative: torch.Tensor) -> torch.Te
     false_reject = 1 - torch.cat([zero, is_target.cumsum(0)]) / positive.numel()
     false_accept = torch.cat([zero, (1 - is_target).cumsum(0)]) / negative.numel()
     best = torch.argmin((false_reject - false_accept).abs())
-    return (false_reject[best] + false_accept[best]) / 2 * 100.0
+    return ((false_reject[best] + false_accept[best]) / 2 * 100.0).float()
 
 
 def check_embedding_size(loss: nn.Module, x: torch.Tensor, n_out: int) -> None:
