@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import importlib
+import os
 import random
+import signal
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
 import checkpoints
+import distributed
 import evaluation
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -139,93 +144,195 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+@dataclass
+class EpochTotals:
+    """Running sums of one epoch, saved in mid-epoch checkpoints so a resumed epoch logs the same numbers."""
+
+    lr: float = 0.0
+    steps: int = 0
+    loss_sum: float = 0.0
+    prec_sum: float = 0.0
+    nonfinite: int = 0
+
+
+@dataclass
+class ResumePoint:
+    """Where training continues: first epoch, batches of it already done, and that epoch's totals."""
+
+    first_epoch: int = 1
+    skip_steps: int = 0
+    totals: EpochTotals | None = None
+    source: str = ""
+
+
+@dataclass
+class RunControl:
+    """Requests between training steps: checkpoint on a timer, checkpoint and stop on SIGTERM/SIGINT."""
+
+    checkpoint_minutes: float = 0.0
+    signal_received: int | None = None
+    last_save: float = field(default_factory=time.monotonic)
+
+    def install_signal_handlers(self) -> None:
+        """Record SIGTERM/SIGINT instead of dying, so the loop can checkpoint first."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._record)
+
+    def _record(self, signum, frame) -> None:
+        self.signal_received = signum
+
+    def poll(self, device: torch.device) -> tuple[bool, bool]:
+        """(save now, stop now), agreed over all ranks."""
+        stop = self.signal_received is not None
+        due = self.checkpoint_minutes > 0 and time.monotonic() - self.last_save >= 60 * self.checkpoint_minutes
+        save, stop = distributed.any_rank([stop or due, stop], device)
+        if save:
+            self.last_save = time.monotonic()
+        return save, stop
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many training steps in a row had a non-finite loss or gradient."""
+
+
 class ModelTrainer:
     """Trains a wrapped SpeakerNet, evaluates it on trial lists and saves/loads its checkpoints."""
 
     def __init__(self, speaker_model: nn.Module, optimizer: str, scheduler: str, mixedprec: bool,
-                 device: torch.device, **kwargs):
+                 device: torch.device, nonfinite_limit: int = 20, **kwargs):
         self.__model__ = speaker_model
         self.device = device
         self.__optimizer__ = load_plugin("optimizer", optimizer)(self.__model__.parameters(), **kwargs)
         self.__scheduler__, self.lr_step = load_plugin("scheduler", scheduler)(self.__optimizer__, **kwargs)
         if self.lr_step not in ("epoch", "iteration"):
             raise PluginError(f"Scheduler '{scheduler}' returned lr_step '{self.lr_step}'; "
-                             "expected 'epoch' or 'iteration'")
+                              "expected 'epoch' or 'iteration'")
         self.autocast_dtype = autocast_dtype(device, mixedprec)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.nonfinite_limit = nonfinite_limit
         self.args = kwargs
+        self.last_epoch: dict = {}
 
     def autocast(self):
         """The autocast context for forward passes (a no-op when training in float32)."""
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
-    def train_network(self, loader, verbose: bool) -> tuple[float, float]:
-        """One epoch over `loader`; returns (mean loss, mean prec1)."""
+    def train_step(self, data: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Forward, backward and optimizer step; a step whose gradients are not finite is skipped."""
+        self.__model__.zero_grad(set_to_none=True)
+        with self.autocast():
+            nloss, prec1 = self.__model__(data, label)
+        self.scaler.scale(nloss).backward()
+        if self.scaler.is_enabled():  # the scaler skips non-finite steps itself and lowers its scale
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.__optimizer__)
+            self.scaler.update()
+            finite = self.scaler.get_scale() >= scale
+        else:
+            grads = [p.grad for p in self.__model__.parameters() if p.grad is not None]
+            finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads) + nloss.detach()).item())
+            if finite:
+                self.__optimizer__.step()
+        return nloss.detach().float(), torch.as_tensor(prec1).detach().float().reshape(-1)[0], finite
+
+    def train_network(self, loader, verbose: bool, control: RunControl | None = None,
+                      totals: EpochTotals | None = None, save_state=None) -> tuple[float, float] | None:
+        """One epoch (or its rest) over `loader`; (mean loss, mean prec1), or None when stopped by a signal."""
         self.__model__.train()
-        loss_sum = torch.zeros((), device=self.device)
-        prec_sum = torch.zeros((), device=self.device)
-        steps, samples, data_wait = 0, 0, 0.0
-        started = time.perf_counter()
-        bar = tqdm(total=len(loader), disable=not verbose, unit="batch", dynamic_ncols=True, leave=False)
+        totals = totals or EpochTotals(lr=self.current_lr())
+        loss_sum = torch.tensor(totals.loss_sum, device=self.device)
+        prec_sum = torch.tensor(totals.prec_sum, device=self.device)
+        in_a_row, samples, data_wait, started = 0, 0, 0.0, time.perf_counter()
+        bar = tqdm(total=totals.steps + len(loader), initial=totals.steps, disable=not verbose, unit="batch",
+                   dynamic_ncols=True, leave=False)
+
+        def current_totals() -> EpochTotals:
+            return EpochTotals(totals.lr, totals.steps, loss_sum.item(), prec_sum.item(), totals.nonfinite)
+
         waiting_since = time.perf_counter()
         for data, data_label in loader:
             data_wait += time.perf_counter() - waiting_since
             data = data.transpose(1, 0).to(self.device, non_blocking=True)
             label = torch.as_tensor(data_label, dtype=torch.long).to(self.device, non_blocking=True)
-            self.__model__.zero_grad(set_to_none=True)
-            with self.autocast():
-                nloss, prec1 = self.__model__(data, label)
-            self.scaler.scale(nloss).backward()
-            self.scaler.step(self.__optimizer__)
-            self.scaler.update()
-            loss_sum += nloss.detach().float()
-            prec_sum += torch.as_tensor(prec1).detach().float().reshape(-1)[0]
-            steps += 1
+            nloss, prec1, finite = self.train_step(data, label)
+            totals.steps += 1
             samples += data.shape[0] * data.shape[1]
+            if finite:
+                loss_sum += nloss
+                prec_sum += prec1
+                in_a_row = 0
+            else:
+                totals.nonfinite += 1
+                in_a_row += 1
+                if in_a_row >= self.nonfinite_limit:
+                    raise NonFiniteLossError(f"{in_a_row} training steps in a row had a non-finite loss or "
+                                             "gradient; stopping. The checkpoints already saved are intact; "
+                                             "try a lower --lr or check the data.")
             if self.lr_step == "iteration":
                 self.__scheduler__.step()
             bar.update(1)
-            if verbose and (steps % 10 == 0 or steps == len(loader)):
+            if verbose and (totals.steps % 10 == 0 or bar.n == bar.total):
                 elapsed = time.perf_counter() - started
-                bar.set_postfix_str(f"Loss {loss_sum.item() / steps:.5f} TEER/TAcc {prec_sum.item() / steps:2.3f}% "
+                good = max(1, totals.steps - totals.nonfinite)
+                bar.set_postfix_str(f"Loss {loss_sum.item() / good:.5f} TEER/TAcc {prec_sum.item() / good:2.3f}% "
                                     f"- {samples / elapsed:.2f} Hz, data wait {100 * data_wait / elapsed:.0f}%")
+            if control is not None and bar.n < bar.total:
+                save, stop = control.poll(self.device)
+                if save and save_state is not None:
+                    save_state(current_totals())
+                if stop:
+                    bar.close()
+                    return None
             waiting_since = time.perf_counter()
         bar.close()
         if self.lr_step == "epoch":
             self.__scheduler__.step()
-        if steps == 0:
-            raise RuntimeError("The training loader gave no batch: the train list has fewer speakers with "
-                               "--nPerSpeaker utterances than --batch_size")
+        good = totals.steps - totals.nonfinite
+        if good == 0:
+            raise RuntimeError("The epoch had no usable training step: the train list may have fewer speakers "
+                               "with --nPerSpeaker utterances than --batch_size")
         elapsed = time.perf_counter() - started
-        self.last_epoch_timing = {"seconds": elapsed, "data_wait": data_wait, "samples_per_second": samples / elapsed}
-        return loss_sum.item() / steps, prec_sum.item() / steps
+        self.last_epoch = {"lr": totals.lr, "seconds": elapsed, "data_wait_seconds": data_wait,
+                                  "data_wait_share": data_wait / elapsed, "samples_per_second": samples / elapsed,
+                                  "nonfinite_steps": totals.nonfinite}
+        return loss_sum.item() / good, prec_sum.item() / good
 
     def evaluateFromList(self, test_list: str, test_path: str, nDataLoaderThread: int, eval_frames: int,
                          num_eval: int = 10, scoring: str = "original", **kwargs):
-        """Embed every file of a trial list and score its trials; returns (scores, labels, trials)."""
-        self.__model__.eval()
+        """Embed every file of a trial list (each rank its share) and score its trials on every rank.
+
+        Returns (scores, labels, trials) like the original."""
+        model = self.__model__.module
+        model.eval()
         trials = evaluation.read_trials(test_list)
         evaluation.check_files_exist(trials.files, test_path)
-        embeddings = evaluation.extract_embeddings(self.__model__, trials.files, test_path, eval_frames, num_eval,
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        share = trials.files[rank::world_size]
+        embeddings = evaluation.extract_embeddings(model, share, test_path, eval_frames, num_eval,
                                                    nDataLoaderThread, self.device, self.autocast_dtype)
-        normalize = bool(self.__model__.module.__L__.test_normalize)
-        scores = evaluation.score_trials(trials, embeddings, normalize, mode=scoring)
+        embeddings = distributed.gather_dicts(embeddings)
+        scores = evaluation.score_trials(trials, embeddings, bool(model.__L__.test_normalize), mode=scoring)
         pairs = [f"{enrol} {test}" for enrol, test in zip(trials.enrol, trials.test)]
         return scores, trials.labels, pairs
 
-    def checkpoint_payload(self, epoch: int) -> dict:
-        """Everything needed to resume exactly after `epoch` (readable by the original's HEAD loader)."""
-        return {"model_state_dict": self.__model__.module.state_dict(),
-                "optimizer_state_dict": self.__optimizer__.state_dict(),
-                "scheduler_state_dict": self.__scheduler__.state_dict(),
-                "scaler_state_dict": self.scaler.state_dict(),
-                "epoch": epoch, "rng_state": rng_states(), "format": checkpoints.FORMAT_TAG,
-                "args": {key: value for key, value in self.args.items()
-                         if isinstance(value, (str, int, float, bool, type(None)))}}
+    def checkpoint_payload(self, epoch: int, totals: EpochTotals | None = None) -> dict:
+        """Everything needed to resume exactly after `epoch` (+ the steps in `totals` of the next one).
 
-    def saveParameters(self, path: str, epoch: int = 0) -> None:
+        Readable by the original's HEAD loader (model weights under model_state_dict)."""
+        payload = {"model_state_dict": self.__model__.module.state_dict(),
+                   "optimizer_state_dict": self.__optimizer__.state_dict(),
+                   "scheduler_state_dict": self.__scheduler__.state_dict(),
+                   "scaler_state_dict": self.scaler.state_dict(),
+                   "epoch": epoch, "rng_state": rng_states(), "format": checkpoints.FORMAT_TAG,
+                   "args": {key: value for key, value in self.args.items()
+                            if isinstance(value, (str, int, float, bool, type(None)))}}
+        if totals is not None:
+            payload["epoch_totals"] = asdict(totals)
+        return payload
+
+    def saveParameters(self, path: str, epoch: int = 0, totals: EpochTotals | None = None) -> None:
         """Write a resumable checkpoint atomically."""
-        checkpoints.write_atomically(self.checkpoint_payload(epoch), path)
+        checkpoints.write_atomically(self.checkpoint_payload(epoch, totals), path)
 
     def loadParameters(self, path: str, strict_model: bool = False) -> checkpoints.LoadReport:
         """Load model weights (any accepted format); with strict_model, every `__S__` tensor must fit."""
@@ -238,15 +345,15 @@ class ModelTrainer:
                 "check --model, --encoder_type, --n_mels, --nOut and --log_input")
         return report
 
-    def resume(self, path: str) -> int:
-        """Restore model, optimizer, scheduler, scaler and RNG states; returns the first epoch to train."""
-        content = checkpoints.read_checkpoint(path)
-        self.loadParameters(path)
+    def resume(self, path: str, content: dict) -> ResumePoint:
+        """Restore model, optimizer, scheduler, scaler and RNG states from a checkpoint read from `path`."""
+        report = checkpoints.load_weights(self.__model__.module, checkpoints.model_weights(content, path), path)
+        print(report.text())
         if "optimizer_state_dict" not in content:  # the original's bare state_dict: replay the scheduler
             epoch = checkpoints.epoch_of(path)
             for _ in range(epoch):
                 self.__scheduler__.step()
-            return epoch + 1
+            return ResumePoint(epoch + 1, source=path)
         self.__optimizer__.load_state_dict(content["optimizer_state_dict"])
         if "scheduler_state_dict" in content:
             self.__scheduler__.load_state_dict(content["scheduler_state_dict"])
@@ -254,19 +361,32 @@ class ModelTrainer:
             self.scaler.load_state_dict(content["scaler_state_dict"])
         if "rng_state" in content:
             restore_rng_states(content["rng_state"])
-        return int(content.get("epoch", checkpoints.epoch_of(path))) + 1
+        totals = EpochTotals(**content["epoch_totals"]) if "epoch_totals" in content else None
+        return ResumePoint(int(content["epoch"]) + 1, totals.steps if totals else 0, totals, path)
 
-    def resume_latest(self, model_save_path: str) -> int:
-        """Resume from the newest readable checkpoint of an experiment; 1 when there is none."""
-        for path in reversed(checkpoints.saved_checkpoints(model_save_path)):
+    def resume_latest(self, model_save_path: str) -> ResumePoint:
+        """Continue from the newest readable state: the mid-epoch state or the newest epoch checkpoint."""
+        candidates = []
+        resume_path = os.path.join(model_save_path, checkpoints.RESUME_NAME)
+        for path in [resume_path, *reversed(checkpoints.saved_checkpoints(model_save_path))]:
+            if not os.path.exists(path):
+                continue
             try:
-                first_epoch = self.resume(path)
+                content = checkpoints.read_checkpoint(path)
             except checkpoints.CheckpointError as error:
                 print(f"Skipping checkpoint that cannot be resumed from: {error}", file=sys.stderr)
                 continue
-            print(f"Resumed from {path}; continuing with epoch {first_epoch}")
-            return first_epoch
-        return 1
+            epoch = int(content["epoch"]) if "optimizer_state_dict" in content else checkpoints.epoch_of(path)
+            candidates.append(((epoch, content.get("epoch_totals", {}).get("steps", 0)), path, content))
+            if path != resume_path:
+                break  # the newest readable epoch checkpoint
+        if not candidates:
+            return ResumePoint()
+        _, path, content = max(candidates, key=lambda candidate: candidate[0])
+        point = self.resume(path, content)
+        print(f"Resumed from {path}; continuing with epoch {point.first_epoch}"
+              + (f" after its first {point.skip_steps} batches" if point.skip_steps else ""))
+        return point
 
     def current_lr(self) -> float:
         """The largest learning rate over the parameter groups."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 CHECKPOINT_GLOB = "model0*.model"
+RESUME_NAME = "resume.model"  # newest mid-epoch or end-of-epoch state, beside the epoch checkpoints
 FORMAT_TAG = "voxceleb_trainer_next/1"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import itertools
+import json
 import os
 import sys
 import time
@@ -18,7 +20,9 @@ import yaml
 import DatasetLoader
 import tuneThreshold
 import checkpoints
-from SpeakerNet import ModelTrainer, PluginError, SpeakerNet, WrappedModel, check_per_speaker, resolve_device
+import distributed
+from SpeakerNet import (ModelTrainer, NonFiniteLossError, PluginError, ResumePoint, RunControl, SpeakerNet,
+                        WrappedModel, check_per_speaker, resolve_device)
 
 RUNTIME_KEYS = ("model_save_path", "result_save_path", "feat_save_path", "gpu", "config")
 
@@ -112,6 +116,11 @@ FLAG_GROUPS = {
         ("mixedprec", bool, False, "float16 autocast + grad scaler on CUDA; bfloat16 on CPUs with fast bfloat16"),
         ("device", str, "auto", "auto (CUDA when available), cpu or cuda"),
         ("gpu_id", int, 0, "GPU to use when not distributed (sets CUDA_VISIBLE_DEVICES)"),
+        ("nproc", int, 0, "--distributed without torchrun: processes to start (0: one per visible GPU, "
+                          "2 on CPU, gloo)"),
+        ("checkpoint_minutes", float, 0, "also save the training state every N minutes inside an epoch "
+                                         "(model/resume.model); 0: only at the end of each epoch"),
+        ("nonfinite_limit", int, 20, "stop after this many training steps in a row with a non-finite loss"),
     ],
 }
 
@@ -211,9 +220,12 @@ def error_rates(scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace
     return eer, min_dcf, min_dcf_01
 
 
-def evaluate(trainer: ModelTrainer, args: argparse.Namespace) -> tuple[float, float]:
-    """Score the trial list; print EER and MinDCF; write the score file when asked. Returns (EER, MinDCF)."""
+def evaluate(trainer: ModelTrainer, args: argparse.Namespace,
+             context: distributed.Context) -> tuple[float, float] | tuple[None, None]:
+    """Score the trial list (all ranks embed); rank 0 prints EER and MinDCF and writes the score file."""
     scores, labels, pairs = trainer.evaluateFromList(**vars(args))
+    if not context.is_main:
+        return None, None
     if args.score_file:
         temporary = args.score_file + ".tmp"
         with open(temporary, "w", encoding="utf-8") as handle:
@@ -230,63 +242,125 @@ def evaluate(trainer: ModelTrainer, args: argparse.Namespace) -> tuple[float, fl
     return eer, min_dcf
 
 
-def build_train_loader(args: argparse.Namespace):
-    """Dataset, speaker-balanced sampler and DataLoader of the train list."""
-    dataset = DatasetLoader.train_dataset_loader(**vars(args))
-    sampler = DatasetLoader.train_dataset_sampler(dataset, **vars(args))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.nDataLoaderThread,
-                                         sampler=sampler, pin_memory=False, drop_last=True,
-                                         worker_init_fn=DatasetLoader.worker_init_fn)
-    return dataset, sampler, loader
+class ResumedSampler(torch.utils.data.Sampler):
+    """An epoch's sampler items less the first `skip` ones (trained before a restart)."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
 
 
-def train(trainer: ModelTrainer, args: argparse.Namespace) -> None:
-    """The epoch loop: train, log, and every test_interval epochs evaluate and save."""
+def epoch_loader(dataset, sampler, args: argparse.Namespace, skip_steps: int = 0):
+    """The DataLoader of one epoch, starting after `skip_steps` batches."""
+    if skip_steps:
+        sampler = ResumedSampler(sampler, skip_steps * args.batch_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.nDataLoaderThread,
+                                       sampler=sampler, pin_memory=False, drop_last=True,
+                                       worker_init_fn=DatasetLoader.worker_init_fn)
+
+
+def log_line(scorefile, line: str, end: str = "\n") -> None:
+    """Print a timestamped line and append it to result/scores.txt in the original's format."""
+    print(time.strftime("%Y-%m-%d %H:%M:%S"), line, flush=True)
+    scorefile.write(line + end)
+    scorefile.flush()
+
+
+def log_timing(args: argparse.Namespace, epoch: int, timing: dict) -> None:
+    """Print where the epoch's time went and append it (with the LR) to result/timing.jsonl."""
+    print(f"Epoch {epoch} took {timing['seconds']:.1f} s: data wait {100 * timing['data_wait_share']:.1f}%, "
+          f"{timing['samples_per_second']:.1f} samples/s, {timing['nonfinite_steps']} non-finite steps skipped")
+    with open(os.path.join(args.result_save_path, "timing.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"epoch": epoch, **timing}) + "\n")
+
+
+def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.Context) -> None:
+    """The epoch loop: train, log, and every test_interval epochs evaluate and save (rank 0 writes)."""
     check_per_speaker(args.trainfunc, trainer.__model__.module.__L__, args.nPerSpeaker)
-    dataset, sampler, loader = build_train_loader(args)
-    first_epoch = 1
+    dataset = DatasetLoader.train_dataset_loader(**vars(args))
+    sampler = DatasetLoader.train_dataset_sampler(dataset, **dict(vars(args), rank=context.rank,
+                                                                   world_size=context.world_size))
+    point = ResumePoint()
     if args.initial_model:
         trainer.loadParameters(args.initial_model)
     else:
-        first_epoch = trainer.resume_latest(args.model_save_path)
-    write_run_record(args)
+        point = trainer.resume_latest(args.model_save_path)
+    control = RunControl(args.checkpoint_minutes)
+    control.install_signal_handlers()
+    resume_path = os.path.join(args.model_save_path, checkpoints.RESUME_NAME)
+    if context.is_main:
+        write_run_record(args)
     with open(os.path.join(args.result_save_path, "scores.txt"), "a", encoding="utf-8") as scorefile:
-        for epoch in range(first_epoch, args.max_epoch + 1):
+        for epoch in range(point.first_epoch, args.max_epoch + 1):
             sampler.set_epoch(epoch)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            lr = trainer.current_lr()
-            loss, traineer = trainer.train_network(loader, verbose=True)
-            line = f"Epoch {epoch:d}, TEER/TAcc {traineer:2.2f}, TLOSS {loss:f}, LR {lr:f}"
-            print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
-            scorefile.write(line + " \n")
+            dataset.set_epoch(epoch)
+            skip = point.skip_steps if epoch == point.first_epoch else 0
+            totals = point.totals if epoch == point.first_epoch else None
+
+            def save_state(partial, completed=epoch - 1):
+                if context.is_main:
+                    trainer.saveParameters(resume_path, completed, partial)
+                    print(f"Saved the training state after {partial.steps} batches of epoch {epoch} to {resume_path}")
+
+            result = trainer.train_network(epoch_loader(dataset, sampler, args, skip), context.is_main, control,
+                                           totals, save_state)
+            if result is None:
+                print(f"Stopped by signal {control.signal_received}; run the same command again to continue.")
+                return
+            loss, traineer = result
+            if context.is_main:
+                log_line(scorefile, f"Epoch {epoch:d}, TEER/TAcc {traineer:2.2f}, TLOSS {loss:f}, "
+                                    f"LR {trainer.last_epoch['lr']:f}", " \n")
+                log_timing(args, epoch, trainer.last_epoch)
             if epoch % args.test_interval == 0:
-                eer, min_dcf = evaluate(trainer, args)
-                line = f"Epoch {epoch:d}, VEER {eer:2.4f}, MinDCF {min_dcf:2.5f}"
-                print(time.strftime("%Y-%m-%d %H:%M:%S"), line)
-                scorefile.write(line + "\n")
-                stem = os.path.join(args.model_save_path, f"model{epoch:09d}")
-                trainer.saveParameters(stem + ".model", epoch)
-                with open(stem + ".eer", "w", encoding="utf-8") as handle:
-                    handle.write(f"{eer:2.4f}")
-            scorefile.flush()
+                eer, min_dcf = evaluate(trainer, args, context)
+                if context.is_main:
+                    log_line(scorefile, f"Epoch {epoch:d}, VEER {eer:2.4f}, MinDCF {min_dcf:2.5f}")
+                    stem = os.path.join(args.model_save_path, f"model{epoch:09d}")
+                    trainer.saveParameters(stem + ".model", epoch)
+                    with open(stem + ".eer", "w", encoding="utf-8") as handle:
+                        handle.write(f"{eer:2.4f}")
+            if context.is_main:
+                trainer.saveParameters(resume_path, epoch)
+            if control.poll(trainer.device)[1]:
+                print(f"Stopped by a signal after epoch {epoch}; run the same command again to continue.")
+                return
 
 
-def run(args: argparse.Namespace) -> None:
-    """Build the model and trainer on the chosen device, then evaluate or train."""
+def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
+    """Build the model and trainer for this process, then evaluate or train."""
     device = resolve_device(args.device)
-    speaker_net = WrappedModel(SpeakerNet(**vars(args))).to(device)
-    trainer = ModelTrainer(speaker_net, **dict(vars(args), device=device))
-    if args.eval:
-        if args.initial_model:
-            trainer.loadParameters(args.initial_model, strict_model=True)
-        elif not trainer.resume_latest(args.model_save_path) > 1:
-            raise SystemExit("--eval needs --initial_model or a checkpoint in " + args.model_save_path)
-        parameters = sum(p.numel() for p in speaker_net.module.__S__.parameters())
-        print(f"Total parameters: {parameters}")
-        evaluate(trainer, args)
-        return
-    train(trainer, args)
+    if context.distributed:
+        if device.type == "cuda":
+            device = torch.device("cuda", context.local_rank)
+            torch.cuda.set_device(device)
+        distributed.init_process_group(context, device, args.port)
+    speaker_net = SpeakerNet(**vars(args)).to(device)
+    if context.distributed:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            speaker_net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    else:
+        wrapped = WrappedModel(speaker_net)
+    trainer = ModelTrainer(wrapped, **dict(vars(args), device=device))
+    try:
+        if args.eval:
+            if args.initial_model:
+                trainer.loadParameters(args.initial_model, strict_model=True)
+            elif trainer.resume_latest(args.model_save_path).first_epoch == 1:
+                raise SystemExit("--eval needs --initial_model or a checkpoint in " + args.model_save_path)
+            if context.is_main:
+                print(f"Total parameters: {sum(p.numel() for p in speaker_net.__S__.parameters())}")
+            evaluate(trainer, args, context)
+        else:
+            train(trainer, args, context)
+    finally:
+        if context.distributed:
+            torch.distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -300,8 +374,8 @@ def main(argv: list[str] | None = None) -> None:
         os.makedirs(args.model_save_path, exist_ok=True)
         os.makedirs(args.result_save_path, exist_ok=True)
     try:
-        run(args)
-    except (PluginError, checkpoints.CheckpointError) as error:
+        distributed.start(main_worker, args)
+    except (PluginError, checkpoints.CheckpointError, NonFiniteLossError) as error:
         raise SystemExit(f"Error: {error}")
 
 

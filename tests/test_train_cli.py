@@ -59,12 +59,13 @@ def trained(tiny_corpus, tmp_path_factory) -> Path:
 
 
 def test_training_writes_the_original_save_layout(trained):
-    assert checkpoint_names(trained) == [f"model{e:09d}.{ext}" for e in (1, 2, 3) for ext in ("eer", "model")]
+    epochs = [f"model{e:09d}.{ext}" for e in (1, 2, 3) for ext in ("eer", "model")]
+    assert checkpoint_names(trained) == epochs + ["resume.model"]
     rows = epoch_log(trained)
     assert sorted(rows) == [1, 2, 3]
     assert [lr for _, lr in rows.values()] == ["0.001000", "0.000500", "0.000250"]
     results = sorted(path.suffix for path in (trained / "result").iterdir())
-    assert results == [".cmd", ".txt", ".zip"]
+    assert results == [".cmd", ".jsonl", ".txt", ".zip"]
     assert (trained / "config.yaml").is_file()
     content = torch.load(trained / "model" / "model000000003.model", weights_only=True)
     assert content["epoch"] == 3 and "optimizer_state_dict" in content and "scheduler_state_dict" in content
@@ -96,12 +97,13 @@ def test_killed_run_resumes_like_an_uninterrupted_one(tiny_corpus, tmp_path, tra
 def test_half_written_checkpoint_is_ignored(tiny_corpus, tmp_path, trained):
     save_path = tmp_path / "half"
     shutil.copytree(trained, save_path)
-    newest = save_path / "model" / "model000000003.model"
-    newest.write_bytes(newest.read_bytes()[:1000])
+    for name in ("model000000003.model", "resume.model"):
+        newest = save_path / "model" / name
+        newest.write_bytes(newest.read_bytes()[:1000])
     (save_path / "model" / "model000000004.model.tmp").write_bytes(b"partial")
     result = run_cli(small_run(tiny_corpus, save_path, "--max_epoch", "4"))
-    assert "Resumed from" in result.stdout and "model000000002.model" in result.stdout
-    assert "Skipping checkpoint" in result.stderr
+    assert re.search(r"Resumed from \S+model000000002.model; continuing with epoch 3", result.stdout)
+    assert result.stderr.count("Skipping checkpoint") == 2
     assert sorted(epoch_log(save_path)) == [1, 2, 3, 4]
 
 
