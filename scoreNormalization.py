@@ -1,0 +1,77 @@
+"""Score normalisation (AS-norm, S-norm) against a cohort of speaker-mean embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NORM_MODES = ("none", "asnorm", "snorm")
+
+
+def select_cohort(speakers: list[str], paths: list[str], cohort_size: int,
+                  utterances_per_speaker: int) -> dict[str, list[str]]:
+    """Speaker -> paths: the first `utterances_per_speaker` (0: all) of `cohort_size` speakers (0: all; seeded pick)."""
+    by_speaker: dict[str, list[str]] = {}
+    for speaker, path in zip(speakers, paths):
+        chosen = by_speaker.setdefault(speaker, [])
+        if utterances_per_speaker <= 0 or len(chosen) < utterances_per_speaker:
+            chosen.append(path)
+    names = sorted(by_speaker)
+    if 0 < cohort_size < len(names):
+        picked = np.random.default_rng(0).choice(len(names), size=cohort_size, replace=False)
+        names = [names[i] for i in sorted(picked)]
+    return {name: by_speaker[name] for name in names}
+
+
+def _scoring_vectors(crops: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
+    """The vectors one file is scored with: its crops ("original") or its mean normalised crop ("cosine")."""
+    crops = crops.float()
+    if mode == "cosine":
+        return F.normalize(F.normalize(crops, dim=-1).mean(0, keepdim=True), dim=-1)
+    return F.normalize(crops, dim=-1) if normalize else crops
+
+
+def speaker_means(embeddings: dict[str, torch.Tensor], cohort: dict[str, list[str]], mode: str,
+                  normalize: bool) -> torch.Tensor:
+    """`[speakers, D]`: per cohort speaker the mean of its utterances' scoring vectors, scored like one crop."""
+    means = torch.stack([torch.cat([_scoring_vectors(embeddings[path], mode, normalize) for path in paths]).mean(0)
+                         for paths in cohort.values()])
+    return F.normalize(means, dim=-1) if mode == "cosine" or normalize else means
+
+
+def cohort_scores(file_crops: list[torch.Tensor], cohort: torch.Tensor, mode: str, normalize: bool,
+                  files_per_chunk: int = 512) -> torch.Tensor:
+    """`[files, speakers]` scores of every file against every cohort speaker, as score_trials would score them."""
+    rows = []
+    for start in range(0, len(file_crops), files_per_chunk):
+        vectors = [_scoring_vectors(crops, mode, normalize) for crops in file_crops[start:start + files_per_chunk]]
+        stacked = torch.cat(vectors)
+        owner = torch.repeat_interleave(torch.arange(len(vectors)), torch.as_tensor([len(v) for v in vectors]))
+        kernel = stacked @ cohort.T if mode == "cosine" else -torch.cdist(stacked, cohort)
+        summed = torch.zeros(len(vectors), cohort.shape[0]).index_add_(0, owner, kernel)
+        rows.append(summed / torch.bincount(owner, minlength=len(vectors)).unsqueeze(1))
+    return torch.cat(rows)
+
+
+def top_k_statistics(scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation of each row's `top_k` highest scores."""
+    if top_k > scores.shape[1]:
+        raise ValueError(f"The cohort has {scores.shape[1]} speakers, fewer than --norm_topk {top_k}; lower "
+                         "--norm_topk or use a cohort with more speakers (--cohort_size 0 takes all)")
+    if top_k < 2:
+        raise ValueError(f"Score normalisation needs at least 2 cohort scores per file, got top-k {top_k}")
+    top = scores.topk(top_k, dim=1).values
+    return top.mean(dim=1), top.std(dim=1).clamp_min(1e-6)
+
+
+def normalize_scores(scores: np.ndarray, enrol_rows: np.ndarray, test_rows: np.ndarray,
+                     file_cohort_scores: torch.Tensor, method: str, top_k: int) -> np.ndarray:
+    """AS-norm (top-k cohort statistics) or S-norm (all cohort speakers): mean of the enrol- and test-side z-scores."""
+    if method not in NORM_MODES:
+        raise ValueError(f"Unknown score normalisation {method!r}; choose one of {', '.join(NORM_MODES)}")
+    if method == "none":
+        return scores
+    mean, std = top_k_statistics(file_cohort_scores, file_cohort_scores.shape[1] if method == "snorm" else top_k)
+    mean, std = mean.double().numpy(), std.double().numpy()
+    return 0.5 * ((scores - mean[enrol_rows]) / std[enrol_rows] + (scores - mean[test_rows]) / std[test_rows])
