@@ -1,0 +1,139 @@
+"""Score calibration to log-likelihood ratios (linear logistic regression) and calibration-sensitive metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+from sklearn.isotonic import IsotonicRegression
+
+
+def _two_class(scores: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and boolean target flags, after checking both classes are present."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    n_target = int((labels == 1).sum())
+    if n_target == 0 or n_target == labels.size or scores.size != labels.size:
+        raise ValueError(f"{what} needs target (1) and non-target (0) trials, one label per score; got "
+                         f"{n_target} targets, {labels.size - n_target} non-targets and {scores.size} scores")
+    return scores, labels == 1
+
+
+def logit(probability: float) -> float:
+    """log(p / (1 - p))."""
+    return math.log(probability / (1 - probability))
+
+
+def _log2_one_plus_exp(x: np.ndarray) -> np.ndarray:
+    """log2(1 + exp(x)) without overflow."""
+    return np.logaddexp(0.0, x) / math.log(2)
+
+
+def cllr(llrs: np.ndarray, labels: np.ndarray) -> float:
+    """Log-likelihood-ratio cost in bits (0 perfect, 1 for an uninformative system saying 0 everywhere)."""
+    llrs, target = _two_class(llrs, labels, "Cllr")
+    return 0.5 * (float(_log2_one_plus_exp(-llrs[target]).mean()) + float(_log2_one_plus_exp(llrs[~target]).mean()))
+
+
+def min_cllr(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Cllr after the best monotonic calibration (pool-adjacent-violators): the discrimination part of Cllr."""
+    scores, target = _two_class(scores, labels, "minCllr")
+    posterior = IsotonicRegression(increasing=True).fit_transform(scores, target.astype(np.float64))
+    with np.errstate(divide="ignore"):
+        llrs = np.log(posterior) - np.log1p(-posterior) - math.log(target.sum() / (~target).sum())
+    return cllr(llrs, target.astype(int))
+
+
+def bayes_threshold(p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """The LLR above which accepting costs less than rejecting at this prior and these costs."""
+    return math.log(c_fa * (1 - p_target) / (c_miss * p_target))
+
+
+def act_dcf(llrs: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """Normalised detection cost of the decisions `llr >= Bayes threshold` (the cost actually paid)."""
+    llrs, target = _two_class(llrs, labels, "actDCF")
+    accept = llrs >= bayes_threshold(p_target, c_miss, c_fa)
+    p_miss = float((~accept[target]).mean())
+    p_fa = float(accept[~target].mean())
+    return (c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa) / min(c_miss * p_target, c_fa * (1 - p_target))
+
+
+@dataclass
+class Calibration:
+    """llr = slope * score + offset, fitted on one trial list for one scoring set-up."""
+
+    slope: float
+    offset: float
+    prior: float
+    scoring: str
+    score_norm: str
+    fitted_on: str
+    n_target: int
+    n_nontarget: int
+
+    def llr(self, scores: np.ndarray) -> np.ndarray:
+        """Calibrated log-likelihood ratios of raw scores."""
+        return self.slope * np.asarray(scores, dtype=np.float64) + self.offset
+
+    def save(self, path: str) -> None:
+        """Write as JSON (temporary file, then rename)."""
+        temporary = path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(asdict(self), handle, indent=2)
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: str) -> Calibration:
+        """Read a calibration written by save(); errors name the file and what is wrong."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                content = json.load(handle)
+        except OSError as error:
+            raise FileNotFoundError(f"Cannot read calibration {path}: {error.strerror}; write one with "
+                                    "--fit_calibration") from error
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Calibration {path} is not valid JSON ({error})") from error
+        missing = [name for name in cls.__dataclass_fields__ if name not in content]
+        if missing:
+            raise ValueError(f"Calibration {path} lacks the keys {', '.join(missing)}; write it again with "
+                             "--fit_calibration")
+        return cls(**{name: content[name] for name in cls.__dataclass_fields__})
+
+    def check_matches(self, scoring: str, score_norm: str, path: str) -> None:
+        """Raise when the scores to calibrate come from another scoring set-up than the fitted ones."""
+        if (scoring, score_norm) != (self.scoring, self.score_norm):
+            raise ValueError(f"Calibration {path} was fitted on --scoring {self.scoring} --score_norm "
+                             f"{self.score_norm} scores, but this run uses --scoring {scoring} --score_norm "
+                             f"{score_norm}; fit a calibration for this set-up")
+
+
+def fit_calibration(scores: np.ndarray, labels: np.ndarray, prior: float = 0.5, scoring: str = "original",
+                    score_norm: str = "none", fitted_on: str = "") -> Calibration:
+    """Prior-weighted logistic regression of the labels on the scores; its output minus logit(prior) is an LLR."""
+    scores, target = _two_class(scores, labels, "Calibration")
+    centre, spread = float(scores.mean()), float(scores.std()) or 1.0
+    standard = (scores - centre) / spread
+    weights = np.where(target, prior / target.sum(), (1 - prior) / (~target).sum())
+    sign = np.where(target, -1.0, 1.0)
+    prior_logit = logit(prior)
+
+    def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
+        margin = sign * (params[0] * standard + params[1] + prior_logit)
+        loss = float((weights * np.logaddexp(0.0, margin)).sum())
+        gradient_margin = weights * expit(margin) * sign
+        return loss, np.array([(gradient_margin * standard).sum(), gradient_margin.sum()])
+
+    result = minimize(objective, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    slope = float(result.x[0] / spread)
+    return Calibration(slope, float(result.x[1] - slope * centre), prior, scoring, score_norm, fitted_on,
+                       int(target.sum()), int((~target).sum()))
+
+
+def verdict(llr: float, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, bool]:
+    """(probability of the same speaker at prior p_target, whether to accept at these costs)."""
+    return float(expit(llr + logit(p_target))), bool(llr >= bayes_threshold(p_target, c_miss, c_fa))
