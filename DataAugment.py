@@ -78,3 +78,8 @@ def draw_noises(files: tuple[str, ...], category: str, rng: np.random.Generator)
     count = min(int(rng.integers(low, high + 1)), len(files))
     picks = rng.choice(len(files), size=count, replace=False)
     return [(files[i], float(rng.uniform(*NOISE_SNR[category]))) for i in picks]
+
+
+def draw_augment_type(rng: np.random.Generator) -> str:
+    """One of AUGMENT_TYPES, each with probability 1/5, drawn per utterance."""
+    return AUGMENT_TYPES[int(rng.integers(len(AUGMENT_TYPES)))]

@@ -198,7 +198,7 @@ class AugmentWAV:
 
     def augment(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One of none / reverb / music / speech / noise, each with probability 1/5."""
-        kind = DataAugment.AUGMENT_TYPES[int(rng.integers(len(DataAugment.AUGMENT_TYPES)))]
+        kind = DataAugment.draw_augment_type(rng)
         if kind == "none":
             return audio
         if kind == "reverb":
