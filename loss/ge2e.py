@@ -3,22 +3,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from loss import angleproto
 from loss._common import accuracy, check_per_speaker
 
 
-class LossFunction(nn.Module):
-    """CE over w * cos(utterance, centroid) + b; w kept >= 1e-6; prec1 = % of utterances nearest their own speaker."""
+class LossFunction(angleproto.LossFunction):
+    """CE over w * cos(utterance, centroid) + b; w kept >= 1e-6; prec1 = % of utterances nearest their own speaker.
 
-    min_per_speaker = 2
-    max_per_speaker: int | None = None
-
-    def __init__(self, init_w: float = 10.0, init_b: float = -5.0, **kwargs) -> None:
-        super().__init__()
-        self.test_normalize = True
-        self.w = nn.Parameter(torch.tensor(float(init_w)))
-        self.b = nn.Parameter(torch.tensor(float(init_b)))
+    Shares angleproto's parameters (`w`, `b`, init_w 10, init_b -5) and nPerSpeaker bounds (>= 2).
+    """
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, M, D] (M >= 2) -> (loss, accuracy %)."""

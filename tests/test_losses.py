@@ -19,6 +19,15 @@ CLI = {"nOut": 8, "nClasses": 8, "margin": 0.1, "scale": 30.0, "hard_rank": 10, 
        "model": "ResNetSE34L", "nPerSpeaker": 2, "batch_size": 8}
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: one CPU thread is faster and does not fight other processes for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_loss(name: str, **kwargs) -> torch.nn.Module:
     """loss.<name>.LossFunction built with the trainer's default args (overridable)."""
     return import_module(f"loss.{name}").LossFunction(**{**CLI, **kwargs})

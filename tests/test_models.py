@@ -9,7 +9,7 @@ from models.FrontEnd import PreEmphasis, normalised_features
 
 SAMPLES_200_FRAMES = 200 * 160 + 240
 SAMPLES_400_FRAMES = 400 * 160 + 240
-ODD_SAMPLES = 20_001
+ODD_SAMPLES = 12_345
 
 # (model, encoder) -> pooling dimension checked via the fc input width; every model x encoder is covered.
 MODEL_ENCODERS = [
