@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -9,10 +10,16 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import calibration
 import DatasetLoader
+import distributed
+import scoreNormalization
+import scorePlots
+import tuneThreshold
 
 SCORING_MODES = ("original", "cosine")
 
@@ -195,3 +202,217 @@ def score_trials(trials: Trials, embeddings: dict[str, torch.Tensor], normalize:
     else:
         scores = _original_scores(trials, embeddings, normalize, enrol, test)
     return scores.numpy().astype(np.float64)
+
+
+EVALUATION_FLAGS = [
+    ("score_norm", str, "none", "score normalisation: none, asnorm (top-k cohort) or snorm (whole cohort)"),
+    ("norm_topk", int, 300, "asnorm: cohort scores per side used for the statistics"),
+    ("cohort_list", str, "", "speaker list of the cohort ('<speaker> <path>' lines, paths under --train_path); "
+                             "default: --train_list"),
+    ("cohort_size", int, 0, "cohort speakers (seeded pick; 0: all speakers of the cohort list)"),
+    ("cohort_utterances", int, 10, "utterances averaged per cohort speaker (0: all)"),
+    ("calibration", str, "", "apply this saved calibration: scores become log-likelihood ratios"),
+    ("fit_calibration", str, "", "fit a calibration on the first --test_list and save it to this path"),
+    ("calibration_prior", float, 0.5, "target prior the calibration is fitted at"),
+    ("embeddings_cache", str, "", "file of saved embeddings: reused when model and crop settings match, "
+                                  "updated with new files"),
+    ("eval_files_per_batch", int, 16, "test files per forward pass"),
+]
+
+
+def add_evaluation_arguments(parser) -> None:
+    """Add the evaluation back end's flags (--score_norm, --calibration, ...) to an argparse parser."""
+    group = parser.add_argument_group("Evaluation back end")
+    for name, kind, default, help_text in EVALUATION_FLAGS:
+        group.add_argument(f"--{name}", type=kind, default=default, help=help_text)
+
+
+def _option(args, name: str):
+    """args.<name>, or the flag's default when the parser did not add it."""
+    return getattr(args, name, next(flag[2] for flag in EVALUATION_FLAGS if flag[0] == name))
+
+
+def trial_list_paths(value: str | list[str]) -> list[str]:
+    """--test_list as a list of paths (comma-separated on the command line, or a YAML list)."""
+    paths = value if isinstance(value, list) else str(value).split(",")
+    return [path.strip() for path in paths if path.strip()]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-1 of every state_dict tensor: tells whether cached embeddings came from these weights."""
+    digest = hashlib.sha1()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_embeddings_cache(path: str, settings: dict) -> dict[str, torch.Tensor]:
+    """Embeddings saved by save_embeddings_cache under the same settings; {} when absent or made otherwise."""
+    if not path or not os.path.exists(path):
+        return {}
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    if content.get("settings") != settings:
+        print(f"Embeddings cache {path} was made with other weights or crop settings; computing afresh")
+        return {}
+    print(f"Reusing {len(content['names'])} embeddings from {path}")
+    return dict(zip(content["names"], content["embeddings"]))
+
+
+def save_embeddings_cache(path: str, settings: dict, embeddings: dict[str, torch.Tensor]) -> None:
+    """Write the embeddings with their settings (temporary file, then rename)."""
+    temporary = path + ".tmp"
+    torch.save({"settings": settings, "names": list(embeddings), "embeddings": list(embeddings.values())}, temporary)
+    os.replace(temporary, path)
+
+
+def embed_paths(model, roots: dict[str, list[str]], args, device: torch.device, autocast_dtype) -> dict[str, torch.Tensor]:
+    """Embeddings keyed by full path of every `root -> relative names` (each rank embeds its share; cache used)."""
+    settings = {"weights": model_fingerprint(model), "eval_frames": int(args.eval_frames),
+                "num_eval": int(args.num_eval)}
+    cache_path = _option(args, "embeddings_cache")
+    cached = load_embeddings_cache(cache_path, settings)
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    fresh: dict[str, torch.Tensor] = {}
+    for root, names in roots.items():
+        missing = [name for name in names if os.path.join(root, name) not in cached][rank::world_size]
+        if missing:
+            embedded = extract_embeddings(model, missing, root, args.eval_frames, args.num_eval,
+                                          args.nDataLoaderThread, device, autocast_dtype,
+                                          _option(args, "eval_files_per_batch"))
+            fresh.update({os.path.join(root, name): value for name, value in embedded.items()})
+    fresh = distributed.gather_dicts(fresh)
+    if cache_path and fresh and rank == 0:
+        save_embeddings_cache(cache_path, settings, {**cached, **fresh})
+        print(f"Saved {len(cached) + len(fresh)} embeddings to {cache_path}")
+    return {**cached, **fresh}
+
+
+def _cohort(args) -> dict[str, list[str]] | None:
+    """The cohort speakers' full paths when score normalisation is on (files checked first)."""
+    if _option(args, "score_norm") == "none":
+        return None
+    cohort_list = _option(args, "cohort_list") or args.train_list
+    speakers, paths = DatasetLoader.read_train_list(cohort_list, args.train_path)
+    cohort = scoreNormalization.select_cohort(speakers, paths, _option(args, "cohort_size"),
+                                              _option(args, "cohort_utterances"))
+    if _option(args, "score_norm") == "asnorm" and len(cohort) < _option(args, "norm_topk"):
+        raise ValueError(f"The cohort from {cohort_list} has {len(cohort)} speakers, fewer than --norm_topk "
+                         f"{_option(args, 'norm_topk')}; lower --norm_topk or use a larger cohort")
+    DatasetLoader.check_files_exist([p for group in cohort.values() for p in group], cohort_list, "--train_path",
+                                    args.train_path)
+    return cohort
+
+
+def _saved_calibration(args) -> calibration.Calibration | None:
+    """The --calibration to apply (checked against this run's scoring), read before any embedding work."""
+    if _option(args, "fit_calibration") and _option(args, "calibration"):
+        raise ValueError("Give either --fit_calibration (fit and save) or --calibration (apply), not both")
+    path = _option(args, "calibration")
+    if not path:
+        return None
+    loaded = calibration.Calibration.load(path)
+    loaded.check_matches(args.scoring, _option(args, "score_norm"), path)
+    return loaded
+
+
+def _fitted_calibration(args, trials: Trials, scores: np.ndarray) -> calibration.Calibration:
+    """A calibration fitted on the labelled trials of one list, saved to --fit_calibration."""
+    labelled = trials.labels >= 0
+    fitted = calibration.fit_calibration(scores[labelled], trials.labels[labelled],
+                                         _option(args, "calibration_prior"), args.scoring,
+                                         _option(args, "score_norm"), trials.path)
+    fitted.save(_option(args, "fit_calibration"))
+    print(f"Calibration fitted on {trials.path} saved to {_option(args, 'fit_calibration')}: "
+          f"llr = {fitted.slope:.6g} * score + {fitted.offset:.6g}")
+    return fitted
+
+
+def score_file_for(score_file: str, list_path: str, several: bool) -> str:
+    """The score file of one list: --score_file itself, or with the list's name added when there are several."""
+    if not several:
+        return score_file
+    stem, extension = os.path.splitext(score_file)
+    return f"{stem}_{os.path.splitext(os.path.basename(list_path))[0]}{extension or '.txt'}"
+
+
+def write_score_file(path: str, scores: np.ndarray, trials: Trials) -> None:
+    """One `<score> <enrol> <test>` line per trial in list order (temporary file, then rename)."""
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.writelines(f"{score:.6f} {enrol} {test}\n" for score, enrol, test in
+                          zip(scores, trials.enrol, trials.test))
+    os.replace(temporary, path)
+
+
+def run_evaluation(trainer_or_model, args) -> dict[str, dict]:
+    """--eval: embed the union of the trial lists once, score, normalise, calibrate, report and plot each list."""
+    model = trainer_or_model.__model__.module if hasattr(trainer_or_model, "__model__") else trainer_or_model
+    device = getattr(trainer_or_model, "device", next(model.parameters()).device)
+    autocast_dtype = getattr(trainer_or_model, "autocast_dtype", None)
+    model.eval()
+    if args.scoring not in SCORING_MODES or _option(args, "score_norm") not in scoreNormalization.NORM_MODES:
+        raise ValueError(f"--scoring must be one of {', '.join(SCORING_MODES)} and --score_norm one of "
+                         f"{', '.join(scoreNormalization.NORM_MODES)}; got {args.scoring!r} and "
+                         f"{_option(args, 'score_norm')!r}")
+    lists = [read_trials(path) for path in trial_list_paths(args.test_list)]
+    files = sorted({name for trials in lists for name in trials.files})
+    check_files_exist(files, args.test_path, ", ".join(trials.path for trials in lists))
+    cohort = _cohort(args)
+    calibrator = _saved_calibration(args)
+    roots = {args.test_path: files, "": [p for group in cohort.values() for p in group] if cohort else []}
+    embeddings = embed_paths(model, roots, args, device, autocast_dtype)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return {}
+    normalize, mode, norm = bool(model.__L__.test_normalize), args.scoring, _option(args, "score_norm")
+    test_embeddings = {name: embeddings[os.path.join(args.test_path, name)] for name in files}
+    if cohort:
+        speakers = scoreNormalization.speaker_means(embeddings, cohort, mode, normalize)
+        per_file = scoreNormalization.cohort_scores([test_embeddings[name] for name in files], speakers, mode,
+                                                    normalize)
+    rows = {name: row for row, name in enumerate(files)}
+    results = {}
+    for position, trials in enumerate(lists):
+        scores = score_trials(trials, test_embeddings, normalize, mode)
+        if cohort:
+            scores = scoreNormalization.normalize_scores(scores, np.array([rows[n] for n in trials.enrol]),
+                                                         np.array([rows[n] for n in trials.test]), per_file, norm,
+                                                         _option(args, "norm_topk"))
+        if position == 0 and _option(args, "fit_calibration"):
+            calibrator = _fitted_calibration(args, trials, scores)
+        if calibrator is not None:
+            scores = calibrator.llr(scores)
+        results[trials.path] = report(trials, scores, args, calibrated=calibrator is not None)
+        if args.score_file:
+            path = score_file_for(args.score_file, trials.path, len(lists) > 1)
+            write_score_file(path, scores, trials)
+            scorePlots.plot_scores(path, scores, trials.labels, results[trials.path])
+            print(f"Wrote {len(scores)} scores to {path} (plots beside it)")
+    return results
+
+
+def report(trials: Trials, scores: np.ndarray, args, calibrated: bool) -> dict:
+    """Print and return EER, MinDCF at --dcf_p_target and 0.01 (and Cllr, minCllr, actDCF when calibrated)."""
+    labelled = trials.labels >= 0
+    result: dict = {"trials": len(scores), "unlabelled": int((~labelled).sum())}
+    if result["unlabelled"]:
+        print(f"{result['unlabelled']} trial lines of {trials.path} have no label: scored, not in the EER")
+    labels, kept = trials.labels[labelled], scores[labelled]
+    if len(set(labels.tolist())) < 2:
+        print(f"{trials.path}: no EER, it needs both target (1) and non-target (0) trials")
+        return result
+    c_miss, c_fa = args.dcf_c_miss, args.dcf_c_fa
+    result["eer"] = tuneThreshold.tuneThresholdfromScore(kept, labels, [1, 0.1])[1]
+    fnrs, fprs, thresholds = tuneThreshold.ComputeErrorRates(kept, labels)
+    priors = list(dict.fromkeys([args.dcf_p_target, 0.01]))
+    result["min_dcf"] = {p: tuneThreshold.ComputeMinDcf(fnrs, fprs, thresholds, p, c_miss, c_fa) for p in priors}
+    line = f"EER {result['eer']:2.4f} " + " ".join(f"MinDCF {result['min_dcf'][p][0]:2.5f} (p_target {p:g})"
+                                                    for p in priors)
+    print(line + (f" [{trials.path}]" if trial_list_paths(args.test_list)[1:] else ""))
+    if calibrated:
+        result["cllr"] = calibration.cllr(kept, labels)
+        result["min_cllr"] = calibration.min_cllr(kept, labels)
+        result["act_dcf"] = {p: calibration.act_dcf(kept, labels, p, c_miss, c_fa) for p in priors}
+        print(f"Cllr {result['cllr']:.4f} minCllr {result['min_cllr']:.4f} "
+              + " ".join(f"actDCF {result['act_dcf'][p]:2.5f} (p_target {p:g})" for p in priors))
+    return result

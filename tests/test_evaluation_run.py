@@ -1,0 +1,105 @@
+"""run_evaluation end to end on generated audio: several lists, cache, AS-norm, calibration, score files, plots."""
+
+import argparse
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import evaluation
+from SpeakerNet import SpeakerNet
+
+
+@pytest.fixture(scope="module")
+def speaker_net():
+    torch.manual_seed(0)
+    return SpeakerNet(model="ResNetSE34L", optimizer="adam", trainfunc="angleproto", nPerSpeaker=2, nOut=32,
+                      encoder_type="SAP", n_mels=40, log_input=True)
+
+
+def make_args(corpus, tmp_path, *flags, **values):
+    parser = argparse.ArgumentParser()
+    evaluation.add_evaluation_arguments(parser)
+    args = parser.parse_args(list(flags))
+    settings = dict(test_list=corpus["test_list"], test_path=corpus["test_path"], train_list=corpus["train_list"],
+                    train_path=corpus["train_path"], eval_frames=50, num_eval=3, nDataLoaderThread=0,
+                    scoring="original", score_file=str(tmp_path / "scores.txt"), dcf_p_target=0.05, dcf_c_miss=1,
+                    dcf_c_fa=1)
+    settings.update(values)
+    for key, value in settings.items():
+        setattr(args, key, value)
+    return args
+
+
+def read_scores(path):
+    return [line.split() for line in open(path, encoding="utf-8")]
+
+
+def is_png(path):
+    with open(path, "rb") as handle:
+        header = handle.read(24)
+    width, height = struct.unpack(">II", header[16:24])
+    return header[:8] == b"\x89PNG\r\n\x1a\n" and width > 100 and height > 100
+
+
+def test_several_lists_cache_asnorm_and_calibration(speaker_net, tiny_corpus, tmp_path, capsys):
+    lines = open(tiny_corpus["test_list"]).read().splitlines()
+    second = tmp_path / "second.txt"
+    second.write_text("\n".join(lines[:6]) + "\n" + " ".join(lines[7].split()[1:]) + "\n")
+    lists = f"{tiny_corpus['test_list']},{second}"
+    cache, fitted = str(tmp_path / "cache.pt"), str(tmp_path / "cal.json")
+    args = make_args(tiny_corpus, tmp_path, "--score_norm", "asnorm", "--norm_topk", "3", "--embeddings_cache",
+                     cache, "--fit_calibration", fitted, test_list=lists)
+    first = evaluation.run_evaluation(speaker_net, args)
+    output = capsys.readouterr().out
+    assert output.count("EER ") == 2 and "Cllr " in output and "1 trial lines" in output
+    assert "Saved 30 embeddings" in output  # 6 test files + 24 cohort files, embedded once
+    assert set(first) == {tiny_corpus["test_list"], str(second)}
+    assert first[str(second)]["trials"] == 7 and first[str(second)]["unlabelled"] == 1
+    main_file = tmp_path / "scores_test_list.txt"
+    rows = read_scores(main_file)
+    assert [row[1:] for row in rows] == [line.split()[1:] for line in lines]
+    assert is_png(tmp_path / "scores_test_list_det.png") and is_png(tmp_path / "scores_second_hist.png")
+    # second run: embeddings from the cache, the saved calibration applied -> the same LLRs
+    args = make_args(tiny_corpus, tmp_path, "--score_norm", "asnorm", "--norm_topk", "3", "--embeddings_cache",
+                     cache, "--calibration", fitted, score_file=str(tmp_path / "again.txt"))
+    again = evaluation.run_evaluation(speaker_net, args)
+    assert "Reusing 30 embeddings" in capsys.readouterr().out
+    np.testing.assert_allclose([float(r[0]) for r in read_scores(tmp_path / "again.txt")],
+                               [float(r[0]) for r in rows], atol=2e-6)
+    assert again[tiny_corpus["test_list"]]["eer"] == first[tiny_corpus["test_list"]]["eer"]
+
+
+def test_cosine_snorm_without_score_file(speaker_net, tiny_corpus, tmp_path):
+    args = make_args(tiny_corpus, tmp_path, "--score_norm", "snorm", scoring="cosine", score_file="")
+    result = evaluation.run_evaluation(speaker_net, args)[tiny_corpus["test_list"]]
+    assert 0 <= result["eer"] <= 100 and "cllr" not in result
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--score_norm", "asnorm", "--norm_topk", "300"], "has 6 speakers, fewer than --norm_topk 300"),
+    (["--fit_calibration", "a.json", "--calibration", "b.json"], "either --fit_calibration"),
+    (["--score_norm", "znorm"], "--score_norm one of none, asnorm, snorm; got 'original' and 'znorm'"),
+])
+def test_bad_settings_fail_before_embedding(speaker_net, tiny_corpus, tmp_path, flags, message, capsys):
+    args = make_args(tiny_corpus, tmp_path, *flags)
+    with pytest.raises(ValueError, match=message):
+        evaluation.run_evaluation(speaker_net, args)
+    assert "Embedding" not in capsys.readouterr().err
+
+
+def test_calibration_from_another_set_up_is_refused(speaker_net, tiny_corpus, tmp_path):
+    fitted = str(tmp_path / "cal.json")
+    evaluation.run_evaluation(speaker_net, make_args(tiny_corpus, tmp_path, "--fit_calibration", fitted))
+    args = make_args(tiny_corpus, tmp_path, "--calibration", fitted, scoring="cosine")
+    with pytest.raises(ValueError, match="fitted on --scoring original --score_norm none"):
+        evaluation.run_evaluation(speaker_net, args)
+
+
+def test_missing_test_files_are_listed(speaker_net, tiny_corpus, tmp_path):
+    trial_list = tmp_path / "trials.txt"
+    trial_list.write_text("1 ghost/a.wav ghost/b.wav\n0 ghost/a.wav ghost/c.wav\n")
+    with pytest.raises(FileNotFoundError, match=r"(?s)3 of 3 files.*ghost/a.wav"):
+        evaluation.run_evaluation(speaker_net, make_args(tiny_corpus, tmp_path, test_list=str(trial_list)))
