@@ -20,7 +20,8 @@ PREPARE_HINT = ("run `python dataprep.py --save_path data --augment` to download
 
 def power_db(audio: np.ndarray) -> float:
     """Signal power in dB with the original's +1e-4 floor."""
-    return float(10 * np.log10(np.mean(np.square(audio, dtype=np.float64)) + 1e-4))
+    flat = audio.ravel()
+    return float(10 * np.log10(float(np.dot(flat, flat)) / max(flat.size, 1) + 1e-4))
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,10 +67,10 @@ def mix_noises(audio: np.ndarray, noises: list[np.ndarray], snrs_db: list[float]
 
 
 def reverberate(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
-    """Convolve `[1, n]` audio with a unit-energy RIR by FFT, keeping the first n samples."""
-    rir = rir.astype(np.float64) / np.sqrt(np.sum(np.square(rir, dtype=np.float64)))
-    wet = signal.oaconvolve(audio.astype(np.float64), rir[np.newaxis, :], mode="full", axes=-1)
-    return wet[:, :audio.shape[-1]].astype(np.float32)
+    """Convolve `[1, n]` audio with a unit-energy RIR by FFT (float32), keeping the first n samples."""
+    rir = (rir / np.sqrt(np.sum(np.square(rir, dtype=np.float64)))).astype(np.float32)
+    wet = signal.fftconvolve(audio.astype(np.float32), rir[np.newaxis, :], mode="full", axes=-1)
+    return wet[:, :audio.shape[-1]]
 
 
 def draw_noises(files: tuple[str, ...], category: str, rng: np.random.Generator) -> list[tuple[str, float]]:
