@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""Embed any audio with a trained checkpoint (file, folder or list -> .npy/.npz) and verify pairs of files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+import calibration
+import checkpoints
+import DatasetLoader
+import evaluation
+from SpeakerNet import SpeakerNet
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
+
+# model-building settings: name -> (type, default); defaults are the trainer's
+MODEL_SETTINGS = {
+    "model": (str, ""), "trainfunc": (str, ""), "encoder_type": (str, "SAP"), "nOut": (int, 512),
+    "n_mels": (int, 40), "log_input": (bool, False), "sinc_stride": (int, 10), "nClasses": (int, 5994),
+    "margin": (float, 0.1), "scale": (float, 30.0), "nPerSpeaker": (int, 1), "eval_frames": (int, 300),
+    "num_eval": (int, 10), "scoring": (str, "original"),
+}
+
+
+def _cast(name: str, value, source: str):
+    """A setting converted to its type; errors name the setting and where it came from."""
+    kind = MODEL_SETTINGS[name][0]
+    if kind is bool and isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{source}: {name} must be true or false, got {value!r}")
+        return value.strip().lower() in ("true", "1", "yes")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {name} must be {kind.__name__}, got {value!r}") from error
+
+
+def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict) -> dict:
+    """Model settings: trainer defaults < the checkpoint's saved args < the config YAML < explicit values."""
+    settings = {name: default for name, (_, default) in MODEL_SETTINGS.items()}
+    layers = [(checkpoint_args, "checkpoint args")]
+    if config:
+        try:
+            with open(config, encoding="utf-8") as handle:
+                layers.append((yaml.safe_load(handle) or {}, config))
+        except OSError as error:
+            raise FileNotFoundError(f"Cannot read config {config}: {error.strerror}") from error
+    layers.append((overrides, "command line"))
+    for values, source in layers:
+        for name, value in values.items():
+            if name in MODEL_SETTINGS and value is not None:
+                settings[name] = _cast(name, value, source)
+    missing = [name for name in ("model", "trainfunc") if not settings[name]]
+    if missing:
+        raise ValueError(f"Cannot tell the {' and '.join(missing)} of this checkpoint: give "
+                         + " and ".join(f"--{name}" for name in missing)
+                         + " or --config with the run's config.yaml")
+    return settings
+
+
+class SpeakerEmbedder:
+    """A checkpoint ready to embed audio and score pairs the way --eval does (usable from a notebook)."""
+
+    def __init__(self, checkpoint: str, config: str | None = None, device: str = "cpu",
+                 calibration_path: str | None = None, **overrides):
+        content = checkpoints.read_checkpoint(checkpoint)
+        saved_args = content.get("args", {}) if isinstance(content.get("args"), dict) else {}
+        self.settings = resolve_settings(saved_args, config, overrides)
+        self.device = torch.device(device)
+        self.net = SpeakerNet(optimizer="adam", **self.settings).to(self.device).eval()
+        report = checkpoints.load_weights(self.net, checkpoints.model_weights(content, checkpoint), checkpoint)
+        if report.missing_in("__S__.") or report.mismatched_in("__S__."):
+            raise checkpoints.CheckpointError(
+                f"{report.text()}\nCheckpoint {checkpoint} does not fit a {self.settings['model']} built with "
+                "these settings; check --model, --encoder_type, --n_mels, --nOut and --log_input (or --config)")
+        self.calibration = calibration.Calibration.load(calibration_path) if calibration_path else None
+        if self.calibration:
+            self.calibration.check_matches(self.settings["scoring"], "none", calibration_path)
+
+    def embed_files(self, files: list[str], root: str = "", num_workers: int = 0) -> dict[str, np.ndarray]:
+        """`[crops, D]` float32 embeddings of files (paths relative to root), batched like --eval."""
+        DatasetLoader.check_files_exist([os.path.join(root, name) for name in files], "the files to embed",
+                                        "--root", root or ".")
+        embeddings = evaluation.extract_embeddings(self.net, files, root, self.settings["eval_frames"],
+                                                   self.settings["num_eval"], num_workers, self.device)
+        return {name: value.numpy() for name, value in embeddings.items()}
+
+    def score(self, enrol: str, test: str) -> float:
+        """The --eval score of one pair of files (before any score normalisation)."""
+        embeddings = {name: torch.from_numpy(value) for name, value in self.embed_files([enrol, test]).items()}
+        trials = evaluation.Trials(np.array([-1]), [enrol], [test], sorted({enrol, test}), "pair")
+        return float(evaluation.score_trials(trials, embeddings, bool(self.net.__L__.test_normalize),
+                                             self.settings["scoring"])[0])
+
+    def verify(self, enrol: str, test: str, p_target: float = 0.5) -> dict:
+        """Score a pair; with a calibration also its LLR, the probability of one speaker and the decision."""
+        result = {"score": self.score(enrol, test)}
+        if self.calibration:
+            llr = float(self.calibration.llr(np.array([result["score"]]))[0])
+            probability, accept = calibration.verdict(llr, p_target)
+            result.update(llr=llr, probability=probability, same_speaker=accept, p_target=p_target)
+        return result
+
+
+def average_embedding(crops: np.ndarray) -> np.ndarray:
+    """One unit-length vector per file: the normalised mean of the L2-normalised crop embeddings."""
+    tensor = torch.from_numpy(crops)
+    return F.normalize(F.normalize(tensor, dim=-1).mean(0), dim=0).numpy()
+
+
+def input_files(source: str, root: str) -> tuple[list[str], str]:
+    """(paths relative to the root, root) of a file, a folder (searched recursively) or a list of paths."""
+    if os.path.isdir(source):
+        found = [os.path.relpath(os.path.join(folder, name), source) for folder, _, names in os.walk(source)
+                 for name in names if name.lower().endswith(AUDIO_EXTENSIONS)]
+        if not found:
+            raise FileNotFoundError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {source}")
+        return sorted(found), source
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{source} is neither an audio file, a folder nor a list of paths")
+    if source.lower().endswith(AUDIO_EXTENSIONS):
+        return [os.path.basename(source)], os.path.dirname(source)
+    with open(source, encoding="utf-8") as handle:
+        files = [line.split()[-1] for line in handle if line.strip()]
+    if not files:
+        raise ValueError(f"The list {source} names no files")
+    return files, root
+
+
+def save_embeddings(embeddings: dict[str, np.ndarray], output: str) -> None:
+    """One file -> .npy; several -> .npz keyed by path (temporary file, then rename)."""
+    if output.endswith(".npy"):
+        if len(embeddings) != 1:
+            raise ValueError(f"{len(embeddings)} files cannot go into one .npy; name an .npz output")
+        temporary = output[:-4] + ".tmp.npy"
+        np.save(temporary, next(iter(embeddings.values())))
+    elif output.endswith(".npz"):
+        temporary = output[:-4] + ".tmp.npz"
+        np.savez(temporary, **embeddings)
+    else:
+        raise ValueError(f"Output {output} must end in .npy (one file) or .npz (several)")
+    os.replace(temporary, output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command line: common model options, then `embed` or `verify`."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--initial_model", required=True, help="checkpoint: ours or the original's state_dict")
+    common.add_argument("--config", help="the run's config.yaml (model settings)")
+    common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    for name, (kind, _) in MODEL_SETTINGS.items():
+        common.add_argument(f"--{name}", type=str if kind is bool else kind, default=None,
+                            help=f"model setting (default: checkpoint args, --config, else the trainer's)")
+    parser = argparse.ArgumentParser(description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    embed = commands.add_parser("embed", parents=[common], help="embed a file, folder or list of paths")
+    embed.add_argument("source", help="audio file, folder, or text file with one path a line")
+    embed.add_argument("--output", required=True, help=".npy (one file) or .npz (several)")
+    embed.add_argument("--root", default="", help="folder the paths of a list are relative to")
+    embed.add_argument("--average", action="store_true", help="save one unit vector per file, not its crops")
+    embed.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    verify = commands.add_parser("verify", parents=[common], help="score a pair of files")
+    verify.add_argument("enrol")
+    verify.add_argument("test")
+    verify.add_argument("--calibration", help="saved calibration (--fit_calibration of --eval) for LLR output")
+    verify.add_argument("--prior", type=float, default=0.5, help="target prior of the decision")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    overrides = {name: getattr(args, name) for name in MODEL_SETTINGS}
+    try:
+        embedder = SpeakerEmbedder(args.initial_model, args.config, args.device,
+                                   getattr(args, "calibration", None), **overrides)
+        if args.command == "embed":
+            files, root = input_files(args.source, args.root)
+            embeddings = embedder.embed_files(files, root, args.workers)
+            if args.average:
+                embeddings = {name: average_embedding(value) for name, value in embeddings.items()}
+            save_embeddings(embeddings, args.output)
+            shape = next(iter(embeddings.values())).shape
+            print(f"Saved {len(embeddings)} embeddings of shape {list(shape)} to {args.output}")
+            return
+        result = embedder.verify(args.enrol, args.test, args.prior)
+    except (OSError, ValueError, checkpoints.CheckpointError) as error:
+        raise SystemExit(f"Error: {error}")
+    print(f"score {result['score']:.6f}")
+    if "llr" in result:
+        print(f"llr {result['llr']:.4f} probability {result['probability']:.4f} "
+              f"decision {'same speaker' if result['same_speaker'] else 'different speakers'} "
+              f"(prior {result['p_target']:g})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
