@@ -1,179 +1,98 @@
-"""Reading and cropping audio, augmentation, the train/test datasets and the speaker-balanced sampler."""
+"""Train/test datasets, MUSAN/RIR augmentation and the speaker-balanced sampler of voxceleb_trainer."""
 
 import collections
-import math
+import functools
+import glob
 import multiprocessing
 import os
 import random
-import shutil
-import subprocess
 import warnings
 
 import numpy as np
-import soundfile
 import torch
 import torch.distributed as dist
 from scipy import signal
 from tqdm import tqdm
 
-import DataAugment
+from AudioReader import AudioReadError, LoaderStats, load_crops, loadWAV  # noqa: F401 (loadWAV is part of the API)
 
-SAMPLE_RATE = 16000
-FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4")
-_warned_resample = False
+# dB ranges of the signal-to-noise ratio, drawn uniformly per noise file.
+NOISE_SNR = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}
+# How many MUSAN files are mixed in (inclusive range).
+NOISE_COUNT = {"noise": (1, 1), "speech": (3, 7), "music": (1, 1)}
+# augtype drawn per utterance: 0 none, 1 reverb, then one MUSAN category each.
+AUGMENT_TYPES = ("none", "reverb", "music", "speech", "noise")
 
-
-class AudioReadError(RuntimeError):
-    """An audio file that cannot be read, is empty or is truncated."""
-
-
-def crop_length(max_frames: int) -> int:
-    """Samples in a crop of `max_frames` 10 ms frames (25 ms window)."""
-    return max_frames * 160 + 240
+PREPARE_HINT = ("run `python dataprep.py --save_path data --augment` to download and split MUSAN and the "
+                "RIRs, or point --musan_path / --rir_path at existing folders")
 
 
-def eval_starts(length: int, max_audio: int, num_eval: int) -> list[int]:
-    """Evaluation crop offsets: `num_eval` evenly spaced, truncated to int."""
-    return [int(start) for start in np.linspace(0, length - max_audio, num=num_eval)]
+def power_db(audio: np.ndarray) -> float:
+    """Signal power in dB with the original's +1e-4 floor."""
+    flat = audio.ravel()
+    return float(10 * np.log10(float(np.dot(flat, flat)) / max(flat.size, 1) + 1e-4))
 
 
-def train_start(length: int, max_audio: int, draw: float) -> int:
-    """Training crop offset for a uniform draw in [0, 1)."""
-    return int(draw * (length - max_audio))
+@functools.lru_cache(maxsize=None)
+def musan_index(musan_path: str) -> dict[str, tuple[str, ...]]:
+    """Split MUSAN files per category (`<category>/<subset>/<stem>/<NNNNN>.wav`), built once per process."""
+    files = sorted(glob.glob(os.path.join(musan_path, "*", "*", "*", "*.wav")))
+    index = {category: [] for category in NOISE_SNR}
+    for path in files:
+        category = path.split(os.sep)[-4]
+        if category in index:
+            index[category].append(path)
+    empty = [category for category, paths in index.items() if not paths]
+    if empty:
+        raise FileNotFoundError(
+            f"--augment needs split MUSAN files in {musan_path}/<category>/<subset>/<stem>/<NNNNN>.wav, "
+            f"but found none for {', '.join(empty)}: {PREPARE_HINT}")
+    return {category: tuple(paths) for category, paths in index.items()}
 
 
-class LoaderStats:
-    """Counters shared by the DataLoader workers of one dataset."""
-
-    def __init__(self):
-        self._resampled = multiprocessing.Value("q", 0)
-        self._skipped = multiprocessing.Value("q", 0)
-
-    @property
-    def resampled(self) -> int:
-        """Files read at another sample rate and resampled to 16 kHz."""
-        return self._resampled.value
-
-    @property
-    def skipped(self) -> int:
-        """Unreadable training files replaced by another utterance of the same speaker."""
-        return self._skipped.value
-
-    def count_resampled(self) -> None:
-        """Add one resampled file."""
-        with self._resampled.get_lock():
-            self._resampled.value += 1
-
-    def count_skipped(self) -> None:
-        """Add one skipped file."""
-        with self._skipped.get_lock():
-            self._skipped.value += 1
+@functools.lru_cache(maxsize=None)
+def rir_index(rir_path: str) -> tuple[str, ...]:
+    """Simulated RIR files (`<room_type>/<Room>/<file>.wav`), built once per process."""
+    files = tuple(sorted(glob.glob(os.path.join(rir_path, "*", "*", "*.wav"))))
+    if not files:
+        raise FileNotFoundError(
+            f"--augment needs room impulse responses in {rir_path}/<room_type>/<Room>/<file>.wav, "
+            f"but found none: {PREPARE_HINT}")
+    return files
 
 
-class _ArraySource:
-    """A decoded 16 kHz mono signal held in memory."""
-
-    def __init__(self, samples: np.ndarray):
-        self.samples = samples
-        self.length = len(samples)
-
-    def read(self, start: int, frames: int) -> np.ndarray:
-        return self.samples[start:start + frames]
+def noise_gain(clean_db: float, noise_db: float, snr_db: float) -> float:
+    """Amplitude factor that puts a noise at `snr_db` below the clean signal."""
+    return float(np.sqrt(10 ** ((clean_db - noise_db - snr_db) / 10)))
 
 
-class _FileSource:
-    """A 16 kHz seekable file from which only the requested range is read."""
-
-    def __init__(self, handle: soundfile.SoundFile):
-        self.handle = handle
-        self.length = handle.frames
-
-    def read(self, start: int, frames: int) -> np.ndarray:
-        self.handle.seek(start)
-        return _to_mono(self.handle.read(frames, dtype="float32", always_2d=True))
+def mix_noises(audio: np.ndarray, noises: list[np.ndarray], snrs_db: list[float]) -> np.ndarray:
+    """Add each noise crop to `audio` scaled to its SNR (all shaped like `audio`)."""
+    clean_db = power_db(audio)
+    mixed = audio.astype(np.float32, copy=True)
+    for noise, snr_db in zip(noises, snrs_db):
+        mixed += np.float32(noise_gain(clean_db, power_db(noise), snr_db)) * noise
+    return mixed
 
 
-def _to_mono(samples: np.ndarray) -> np.ndarray:
-    return samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
+def reverberate(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """Convolve `[1, n]` audio with a unit-energy RIR by FFT (float32), keeping the first n samples."""
+    rir = (rir / np.sqrt(np.sum(np.square(rir, dtype=np.float64)))).astype(np.float32)
+    wet = signal.fftconvolve(audio.astype(np.float32), rir[np.newaxis, :], mode="full", axes=-1)
+    return wet[:, :audio.shape[-1]]
 
 
-def _resample(samples: np.ndarray, rate: int, path: str, stats: LoaderStats | None) -> np.ndarray:
-    global _warned_resample
-    if not _warned_resample:
-        warnings.warn(f"{path} is sampled at {rate} Hz: resampling it and any other such file to {SAMPLE_RATE} Hz "
-                      f"on the fly (shown once; the datasets count them in .stats.resampled)", stacklevel=2)
-        _warned_resample = True
-    if stats is not None:
-        stats.count_resampled()
-    divisor = math.gcd(rate, SAMPLE_RATE)
-    return signal.resample_poly(samples, SAMPLE_RATE // divisor, rate // divisor).astype(np.float32)
+def draw_noises(files: tuple[str, ...], category: str, rng: np.random.Generator) -> list[tuple[str, float]]:
+    """Pick distinct MUSAN files of one category and an SNR for each."""
+    low, high = NOISE_COUNT[category]
+    count = min(int(rng.integers(low, high + 1)), len(files))
+    picks = rng.choice(len(files), size=count, replace=False)
+    return [(files[i], float(rng.uniform(*NOISE_SNR[category]))) for i in picks]
 
 
-def _decode_with_ffmpeg(path: str) -> np.ndarray:
-    """Decode any ffmpeg-readable file (m4a, aac) to 16 kHz mono float32."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise AudioReadError(
-            f"reading {os.path.splitext(path)[1]} files needs ffmpeg, which is not installed. Install it "
-            f"(`apt-get install ffmpeg`, `conda install -c conda-forge ffmpeg` or `brew install ffmpeg`) or convert "
-            f"the data to wav once with `python dataprep.py --convert`")
-    command = [ffmpeg, "-nostdin", "-v", "error", "-i", path, "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
-    result = subprocess.run(command, capture_output=True, timeout=300)
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioReadError(f"ffmpeg could not decode it: {message[-1] if message else 'unknown error'}")
-    return np.frombuffer(result.stdout, dtype="<f4")
-
-
-def _open_source(path: str, stats: LoaderStats | None):
-    """A source for `path`: a seekable file at 16 kHz, otherwise the decoded (resampled) signal."""
-    if path.lower().endswith(FFMPEG_SUFFIXES):
-        return _ArraySource(_decode_with_ffmpeg(path))
-    handle = soundfile.SoundFile(path)
-    if handle.samplerate == SAMPLE_RATE and handle.seekable():
-        return _FileSource(handle)
-    with handle:
-        samples = _to_mono(handle.read(dtype="float32", always_2d=True))
-    if handle.samplerate != SAMPLE_RATE:
-        samples = _resample(samples, handle.samplerate, path, stats)
-    return _ArraySource(samples)
-
-
-def _cut_crops(source, max_frames: int, evalmode: bool, num_eval: int, draw: float) -> np.ndarray:
-    max_audio = crop_length(max_frames)
-    if source.length <= max_audio:
-        source = _ArraySource(np.pad(source.read(0, source.length), (0, max_audio - source.length + 1), mode="wrap"))
-    if evalmode and max_frames == 0:
-        return source.read(0, source.length)[np.newaxis, :]
-    if evalmode:
-        starts = eval_starts(source.length, max_audio, num_eval)
-    else:
-        starts = [train_start(source.length, max_audio, draw)]
-    span = source.read(starts[0], starts[-1] + max_audio - starts[0])
-    if len(span) != starts[-1] + max_audio - starts[0]:
-        raise AudioReadError("the file is shorter than its header says (truncated)")
-    return np.stack([span[start - starts[0]:start - starts[0] + max_audio] for start in starts])
-
-
-def load_crops(path: str, max_frames: int, evalmode: bool = True, num_eval: int = 10, draw: float | None = None,
-               stats: LoaderStats | None = None) -> np.ndarray:
-    """Crops `[n_crops, max_frames*160+240]` float32 of a 16 kHz mono version of `path`."""
-    try:
-        source = _open_source(path, stats)
-        if source.length == 0:
-            raise AudioReadError("the file holds no samples")
-        try:
-            return _cut_crops(source, max_frames, evalmode, num_eval, random.random() if draw is None else draw)
-        finally:
-            if isinstance(source, _FileSource):
-                source.handle.close()
-    except (soundfile.SoundFileError, OSError, AudioReadError, subprocess.TimeoutExpired) as error:
-        raise AudioReadError(f"{path}: cannot read audio ({error})") from error
-
-
-def loadWAV(filename: str, max_frames: int, evalmode: bool = True, num_eval: int = 10) -> np.ndarray:
-    """The original's loadWAV: evaluation crops at even offsets, or one random training crop."""
-    return load_crops(filename, max_frames, evalmode, num_eval)
+def draw_augment_type(rng: np.random.Generator) -> str:
+    """One of AUGMENT_TYPES, each with probability 1/5, drawn per utterance."""
+    return AUGMENT_TYPES[int(rng.integers(len(AUGMENT_TYPES)))]
 
 
 class AugmentWAV:
@@ -181,24 +100,24 @@ class AugmentWAV:
 
     def __init__(self, musan_path: str, rir_path: str, max_frames: int, stats: LoaderStats | None = None):
         self.max_frames = max_frames
-        self.noise_files = DataAugment.musan_index(os.path.normpath(musan_path))
-        self.rir_files = DataAugment.rir_index(os.path.normpath(rir_path))
+        self.noise_files = musan_index(os.path.normpath(musan_path))
+        self.rir_files = rir_index(os.path.normpath(rir_path))
         self.stats = stats
 
     def additive_noise(self, noisecat: str, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Mix 1 (noise, music) or 3-7 (speech) MUSAN crops into the audio at random SNRs."""
-        draws = DataAugment.draw_noises(self.noise_files[noisecat], noisecat, rng)
+        draws = draw_noises(self.noise_files[noisecat], noisecat, rng)
         noises = [load_crops(path, self.max_frames, False, 1, rng.random(), self.stats) for path, _ in draws]
-        return DataAugment.mix_noises(audio, noises, [snr for _, snr in draws])
+        return mix_noises(audio, noises, [snr for _, snr in draws])
 
     def reverberate(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Convolve the audio with a random unit-energy RIR."""
         path = self.rir_files[int(rng.integers(len(self.rir_files)))]
-        return DataAugment.reverberate(audio, load_crops(path, 0, True, 1, stats=self.stats)[0])
+        return reverberate(audio, load_crops(path, 0, True, 1, stats=self.stats)[0])
 
     def augment(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One of none / reverb / music / speech / noise, each with probability 1/5."""
-        kind = DataAugment.draw_augment_type(rng)
+        kind = draw_augment_type(rng)
         if kind == "none":
             return audio
         if kind == "reverb":

@@ -19,7 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "dataloader.json"
 
-import DataAugment  # noqa: E402
+import AudioReader  # noqa: E402
 import DatasetLoader  # noqa: E402
 
 
@@ -61,26 +61,26 @@ class NaiveDataset(torch.utils.data.Dataset):
 
     def __init__(self, ours: DatasetLoader.train_dataset_loader, musan: str, rirs: str, augment: bool):
         self.data_list, self.data_label = ours.data_list, ours.data_label
-        self.max_audio = DatasetLoader.crop_length(ours.max_frames)
-        self.noises = DataAugment.musan_index(musan) if augment else None
-        self.rirs = DataAugment.rir_index(rirs) if augment else None
+        self.max_audio = AudioReader.crop_length(ours.max_frames)
+        self.noises = DatasetLoader.musan_index(musan) if augment else None
+        self.rirs = DatasetLoader.rir_index(rirs) if augment else None
 
     def __len__(self) -> int:
         return len(self.data_list)
 
     def augment(self, audio: np.ndarray) -> np.ndarray:
-        kind = random.choice(DataAugment.AUGMENT_TYPES)
+        kind = random.choice(DatasetLoader.AUGMENT_TYPES)
         if kind == "reverb":
             rir, _ = soundfile.read(random.choice(self.rirs))
             rir = rir[np.newaxis] / np.sqrt(np.sum(rir ** 2))
             return signal.convolve(audio, rir, mode="full")[:, :self.max_audio]
         if kind == "none":
             return audio
-        low, high = DataAugment.NOISE_COUNT[kind]
+        low, high = DatasetLoader.NOISE_COUNT[kind]
         noises = [naive_crop(path, self.max_audio) for path in random.sample(self.noises[kind], random.randint(low, high))]
         clean_db = 10 * np.log10(np.mean(audio ** 2) + 1e-4)
         scaled = [np.sqrt(10 ** ((clean_db - 10 * np.log10(np.mean(noise ** 2) + 1e-4)
-                                  - random.uniform(*DataAugment.NOISE_SNR[kind])) / 10)) * noise for noise in noises]
+                                  - random.uniform(*DatasetLoader.NOISE_SNR[kind])) / 10)) * noise for noise in noises]
         return np.sum(np.concatenate(scaled, axis=0), axis=0, keepdims=True) + audio
 
     def __getitem__(self, indices: list[int]):
@@ -103,12 +103,23 @@ def utterances_per_second(dataset, sampler, batch_size: int, workers: int) -> fl
     return count / (time.perf_counter() - start)
 
 
+def item_cost_ms(dataset, items: list[list[int]], passes: int = 3) -> float:
+    """Best-of-`passes` milliseconds per utterance when indexing the dataset directly (no DataLoader)."""
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        for item in items:
+            dataset[item]
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / sum(len(item) for item in items)
+
+
 def model_utterances_per_second(batch_items: int, n_per_speaker: int, max_frames: int, repeats: int) -> float:
     """Utterances/s ResNetSE34L (SAP, 40 mels, nOut 512) + angleproto + Adam consume in training steps."""
     model = import_module("models.ResNetSE34L").MainModel(nOut=512, encoder_type="SAP", n_mels=40, log_input=True)
     loss = import_module("loss.angleproto").LossFunction()
     optimizer = torch.optim.Adam(list(model.parameters()) + list(loss.parameters()), lr=0.001)
-    batch = torch.randn(batch_items * n_per_speaker, DatasetLoader.crop_length(max_frames))
+    batch = torch.randn(batch_items * n_per_speaker, AudioReader.crop_length(max_frames))
     label = torch.arange(batch_items)
 
     def step() -> None:
@@ -139,24 +150,31 @@ def main() -> None:
         train_list = generate(root, args.speakers, args.per_speaker, rng)
         options = dict(musan_path=str(root / "musan_split"), rir_path=str(root / "rirs"), max_frames=max_frames,
                        train_path=str(root / "wav"), nPerSpeaker=n_per_speaker, seed=1)
-        rows = []
+        rows, costs = [], {}
+        torch.set_num_threads(1)  # collation in the main process; avoids OpenMP contention on a busy machine
         print("| loader | augment | workers | utterances/s |\n|---|---|---:|---:|")
         for augment in (False, True):
             ours = DatasetLoader.train_dataset_loader(str(train_list), augment, **options)
             sampler = DatasetLoader.train_dataset_sampler(ours, n_per_speaker, 500, args.batch_size, False, 1)
             naive = NaiveDataset(ours, options["musan_path"], options["rir_path"], augment)
-            for name, dataset, worker_counts in (("ours", ours, (0, 1, 2)), ("naive", naive, (0,))):
+            for name, dataset, worker_counts in (("ours", ours, (0, 1, 2)), ("naive", naive, (0, 2))):
+                costs[(name, augment)] = item_cost_ms(dataset, list(sampler)[:100])
                 for workers in worker_counts:
                     rate = utterances_per_second(dataset, sampler, args.batch_size, workers)
                     rows.append({"loader": name, "augment": augment, "workers": workers, "utterances_per_s": rate})
                     print(f"| {name} | {'on' if augment else 'off'} | {workers} | {rate:.0f} |", flush=True)
+        torch.set_num_threads(os.cpu_count() or 1)
     model_rate = model_utterances_per_second(args.model_batch, n_per_speaker, max_frames, repeats=3)
     print(f"ResNetSE34L + angleproto training step: {model_rate:.0f} utterances/s "
           f"({torch.get_num_threads()} threads)")
     rate = {(row["loader"], row["augment"], row["workers"]): row["utterances_per_s"] for row in rows}
-    report = {"rows": rows, "model_utterances_per_s": model_rate, "crop_seconds": max_frames / 100,
-              "cost_ratio_naive_over_ours_augment": rate[("ours", True, 0)] / rate[("naive", True, 0)],
-              "cost_ratio_naive_over_ours_clean": rate[("ours", False, 0)] / rate[("naive", False, 0)],
+    for (name, augment), cost in costs.items():
+        print(f"{name} loader, augment {'on' if augment else 'off'}: {cost:.2f} ms per utterance")
+    report = {"rows": rows, "ms_per_utterance": [{"loader": name, "augment": augment, "ms": cost}
+                                                  for (name, augment), cost in costs.items()],
+              "model_utterances_per_s": model_rate, "crop_seconds": max_frames / 100,
+              "cost_ratio_naive_over_ours_augment": costs[("naive", True)] / costs[("ours", True)],
+              "cost_ratio_naive_over_ours_clean": costs[("naive", False)] / costs[("ours", False)],
               "loader_2_workers_augment_over_model": rate[("ours", True, 2)] / model_rate,
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "torch": torch.__version__, "threads": torch.get_num_threads()}

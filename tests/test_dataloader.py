@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import soundfile
 
-import DatasetLoader
-from DatasetLoader import AudioReadError, crop_length, load_crops, loadWAV, test_dataset_loader
+import AudioReader
+from AudioReader import AudioReadError, crop_length, load_crops
+from DatasetLoader import loadWAV, test_dataset_loader
 
 RAMP_SCALE = 2.0 ** 17  # sample i holds i / 2**17, exactly representable in float32
 
@@ -73,12 +74,12 @@ def test_stereo_is_averaged_to_mono(tmp_path):
 
 @pytest.mark.parametrize("rate", [8000, 44100])
 def test_other_rates_are_resampled(tmp_path, monkeypatch, rate):
-    monkeypatch.setattr(DatasetLoader, "_warned_resample", False)
+    monkeypatch.setattr(AudioReader, "_warned_resample", False)
     seconds = 2.0
     time = np.arange(int(seconds * rate)) / rate
     soundfile.write(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 440 * time), rate)
     soundfile.write(tmp_path / "tone2.wav", 0.5 * np.sin(2 * np.pi * 440 * time), rate)
-    stats = DatasetLoader.LoaderStats()
+    stats = AudioReader.LoaderStats()
     with pytest.warns(UserWarning, match=f"tone.wav is sampled at {rate} Hz"):
         whole = load_crops(str(tmp_path / "tone.wav"), 0, stats=stats)
     with warnings.catch_warnings():
@@ -88,6 +89,34 @@ def test_other_rates_are_resampled(tmp_path, monkeypatch, rate):
     assert whole.shape == (1, 32000)
     spectrum = np.abs(np.fft.rfft(whole[0]))
     assert abs(np.argmax(spectrum) * 16000 / 32000 - 440) <= 1
+
+
+@pytest.mark.parametrize("subtype,channels,wav_format", [
+    ("PCM_16", 1, "WAV"), ("PCM_16", 2, "WAV"), ("FLOAT", 1, "WAV"), ("PCM_16", 1, "WAVEX"), ("PCM_24", 1, "WAV"),
+    ("PCM_U8", 1, "WAV"), ("DOUBLE", 2, "WAVEX")])
+def test_wav_variants_read_like_soundfile(tmp_path, subtype, channels, wav_format):
+    audio = np.random.default_rng(2).uniform(-0.9, 0.9, (40000, channels))
+    path = str(tmp_path / "a.wav")
+    soundfile.write(path, audio, 16000, subtype=subtype, format=wav_format)
+    reference = soundfile.read(path, dtype="float32", always_2d=True)[0].mean(axis=1, dtype=np.float32)
+    start = int(0.3 * (40000 - 32240))
+    np.testing.assert_array_equal(load_crops(path, 200, evalmode=False, draw=0.3)[0], reference[start:start + 32240])
+    source = AudioReader._open_source(path, None)  # PCM-16 and float32 take the decoder-free path
+    source.close()
+    assert isinstance(source, AudioReader._WavSource) == (subtype in ("PCM_16", "FLOAT"))
+
+
+def test_wav_with_chunk_before_data(tmp_path):
+    audio = (np.random.default_rng(3).uniform(-0.5, 0.5, 20000) * 32767).astype("<i2")
+    info = b"INFOISFT" + (14).to_bytes(4, "little") + b"made by a test"
+    fmt = (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little") \
+        + (32000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    body = (b"WAVE" + b"fmt " + (16).to_bytes(4, "little") + fmt + b"LIST" + len(info).to_bytes(4, "little") + info
+            + b"data" + (audio.nbytes).to_bytes(4, "little") + audio.tobytes())
+    (tmp_path / "list.wav").write_bytes(b"RIFF" + len(body).to_bytes(4, "little") + body)
+    whole = loadWAV(str(tmp_path / "list.wav"), 0)
+    np.testing.assert_array_equal(whole[0], audio.astype(np.float32) / 32768)
+    np.testing.assert_array_equal(whole, soundfile.read(str(tmp_path / "list.wav"), dtype="float32")[0][None])
 
 
 def test_flac_reads_like_wav(tmp_path):
