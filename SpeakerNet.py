@@ -243,8 +243,9 @@ class ModelTrainer:
         loss_sum = torch.tensor(totals.loss_sum, device=self.device)
         prec_sum = torch.tensor(totals.prec_sum, device=self.device)
         in_a_row, samples, data_wait, started = 0, 0, 0.0, time.perf_counter()
-        bar = tqdm(total=totals.steps + len(loader), initial=totals.steps, disable=not verbose, unit="batch",
-                   dynamic_ncols=True, leave=False)
+        last_step = totals.steps + len(loader)
+        bar = tqdm(total=last_step, initial=totals.steps, disable=not verbose, unit="batch", dynamic_ncols=True,
+                   leave=False)
 
         def current_totals() -> EpochTotals:
             return EpochTotals(totals.lr, totals.steps, loss_sum.item(), prec_sum.item(), totals.nonfinite)
@@ -271,12 +272,12 @@ class ModelTrainer:
             if self.lr_step == "iteration":
                 self.__scheduler__.step()
             bar.update(1)
-            if verbose and (totals.steps % 10 == 0 or bar.n == bar.total):
+            if verbose and (totals.steps % 10 == 0 or totals.steps == last_step):
                 elapsed = time.perf_counter() - started
                 good = max(1, totals.steps - totals.nonfinite)
                 bar.set_postfix_str(f"Loss {loss_sum.item() / good:.5f} TEER/TAcc {prec_sum.item() / good:2.3f}% "
                                     f"- {samples / elapsed:.2f} Hz, data wait {100 * data_wait / elapsed:.0f}%")
-            if control is not None and bar.n < bar.total:
+            if control is not None and totals.steps < last_step:  # the same steps on every rank
                 save, stop = control.poll(self.device)
                 if save and save_state is not None:
                     save_state(current_totals())

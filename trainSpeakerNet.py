@@ -8,6 +8,7 @@ import glob
 import itertools
 import json
 import os
+import random
 import sys
 import time
 import warnings
@@ -332,6 +333,13 @@ def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.
                 return
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the generators of the main process, so the same --seed builds the same initial network."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
 def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
     """Build the model and trainer for this process, then evaluate or train."""
     device = resolve_device(args.device)
@@ -340,6 +348,7 @@ def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
             device = torch.device("cuda", context.local_rank)
             torch.cuda.set_device(device)
         distributed.init_process_group(context, device, args.port)
+    seed_everything(args.seed)
     speaker_net = SpeakerNet(**vars(args)).to(device)
     if context.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(

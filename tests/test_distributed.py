@@ -1,0 +1,75 @@
+"""Two real gloo processes: gradient synchronisation, a distributed CLI run, distributed evaluation."""
+import socket
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+import distributed
+from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
+from test_train_cli import run_cli, small_run
+
+NET = dict(model="ResNetSE34L", optimizer="sgd", trainfunc="angleproto", nPerSpeaker=2, nOut=16, n_mels=40,
+           log_input=True, encoder_type="SAP")
+TRAINER = dict(optimizer="sgd", scheduler="steplr", mixedprec=False, device=torch.device("cpu"), lr=0.01,
+               weight_decay=0, test_interval=1, lr_decay=1.0)
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def batches():
+    generator = torch.Generator().manual_seed(5)
+    return [(torch.randn(3, 2, 8240, generator=generator), torch.arange(3)) for _ in range(2)]
+
+
+def fresh_net() -> SpeakerNet:
+    torch.manual_seed(0)
+    return SpeakerNet(**NET)
+
+
+def ddp_worker(rank: int, port: str, folder: str) -> None:
+    distributed.init_process_group(distributed.Context(rank, 2, rank, 2, True), torch.device("cpu"), port)
+    model = torch.nn.parallel.DistributedDataParallel(fresh_net(), find_unused_parameters=True)
+    trainer = ModelTrainer(model, **TRAINER)
+    data, label = batches()[rank]
+    trainer.train_step(data.transpose(1, 0), label)
+    torch.save({name: p.grad for name, p in model.module.named_parameters() if p.grad is not None},
+               f"{folder}/grads{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_gradients_are_the_average_of_the_ranks(tmp_path):
+    mp.spawn(ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    synced = [torch.load(tmp_path / f"grads{rank}.pt") for rank in (0, 1)]
+    single = []
+    for data, label in batches():
+        net = fresh_net()
+        trainer = ModelTrainer(WrappedModel(net), **TRAINER)
+        trainer.train_step(data.transpose(1, 0), label)
+        single.append({name: p.grad for name, p in net.named_parameters() if p.grad is not None})
+    assert set(synced[0]) == set(single[0]) and len(synced[0]) > 50
+    for name, gradient in synced[0].items():
+        expected = (single[0][name] + single[1][name]) / 2
+        assert torch.allclose(gradient, synced[1][name], atol=1e-7), name
+        assert torch.allclose(gradient, expected, rtol=1e-4, atol=1e-6), name
+
+
+def test_distributed_cli_training_and_evaluation(tiny_corpus, tmp_path):
+    save_path = tmp_path / "ddp"
+    extra = ("--distributed", "--nproc", "2", "--port", free_port())
+    output = run_cli(small_run(tiny_corpus, save_path, "--max_epoch", "1", "--batch_size", "2", *extra)).stdout
+    assert output.count("Epoch 1, TEER/TAcc") == 1  # only rank 0 logs
+    checkpoint = save_path / "model" / "model000000001.model"
+    assert checkpoint.is_file()
+    scores = {}
+    for mode, flags in (("single", ()), ("distributed", ("--distributed", "--nproc", "2", "--port", free_port()))):
+        score_file = tmp_path / f"{mode}.txt"
+        run_cli(small_run(tiny_corpus, tmp_path / "eval", "--eval", "--initial_model", str(checkpoint),
+                          "--score_file", str(score_file), *flags))
+        scores[mode] = np.array([float(line.split()[0]) for line in score_file.read_text().splitlines()])
+    assert len(scores["single"]) == tiny_corpus["trials"]
+    np.testing.assert_allclose(scores["distributed"], scores["single"], rtol=1e-5, atol=1e-6)
