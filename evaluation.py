@@ -139,8 +139,8 @@ def extract_embeddings(model, files: list[str], test_path: str, eval_frames: int
 
 
 def _chunks(n_trials: int, floats_per_trial: int) -> list[slice]:
-    """Slices over trials sized to keep the gathered embeddings of one chunk around 4 MB (cache-sized)."""
-    step = max(1, 1_000_000 // max(1, floats_per_trial))
+    """Slices over trials sized to keep the gathered embeddings of one chunk around 16 MB."""
+    step = max(1, 4_000_000 // max(1, floats_per_trial))
     return [slice(start, start + step) for start in range(0, n_trials, step)]
 
 
