@@ -124,7 +124,7 @@ _PLAIN_WAV_TYPES = {(1, 16): "<i2", (3, 32): "<f4"}
 
 def _plain_wav(path: str) -> _WavSource | None:
     """A _WavSource when `path` is a 16 kHz PCM-16 / float32 WAV whose data starts in the first 4 KiB."""
-    handle = open(path, "rb")
+    handle = open(path, "rb", buffering=0)
     header = handle.read(4096)
     position, layout = 12, None
     while header[:4] == b"RIFF" and header[8:12] == b"WAVE" and position + 8 <= len(header):

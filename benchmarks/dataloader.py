@@ -90,28 +90,31 @@ class NaiveDataset(torch.utils.data.Dataset):
         return torch.FloatTensor(np.concatenate(crops, axis=0)), self.data_label[indices[-1]]
 
 
-def utterances_per_second(dataset, sampler, batch_size: int, workers: int) -> float:
-    """Steady-state utterances/s of one DataLoader pass (the first batch, with worker start-up, is not timed)."""
-    sampler.set_epoch(1)
+def utterances_per_second(dataset, sampler, batch_size: int, workers: int, epochs: int = 2) -> float:
+    """Steady-state utterances/s over `epochs` epochs after an untimed warm-up epoch (workers kept alive)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                         worker_init_fn=DatasetLoader.worker_init_fn, drop_last=True)
-    batches = iter(loader)
-    next(batches)
-    start, count = time.perf_counter(), 0
-    for audio, _ in batches:
-        count += audio.shape[0] * audio.shape[1]
+                                         worker_init_fn=DatasetLoader.worker_init_fn, drop_last=True,
+                                         persistent_workers=workers > 0)
+    count, start = 0, 0.0
+    for epoch in range(epochs + 1):
+        sampler.set_epoch(epoch + 1)
+        if epoch == 1:
+            start = time.perf_counter()
+        for audio, _ in loader:
+            count += audio.shape[0] * audio.shape[1] if epoch > 0 else 0
     return count / (time.perf_counter() - start)
 
 
-def item_cost_ms(dataset, items: list[list[int]], passes: int = 3) -> float:
-    """Best-of-`passes` milliseconds per utterance when indexing the dataset directly (no DataLoader)."""
-    best = float("inf")
-    for _ in range(passes):
-        start = time.perf_counter()
-        for item in items:
-            dataset[item]
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best / sum(len(item) for item in items)
+def item_costs_ms(datasets: dict, items: list[list[int]], rounds: int = 5) -> dict:
+    """Best-of-`rounds` milliseconds per utterance of each dataset indexed directly, measured interleaved."""
+    best = dict.fromkeys(datasets, float("inf"))
+    for _ in range(rounds):
+        for name, dataset in datasets.items():
+            start = time.perf_counter()
+            for item in items:
+                dataset[item]
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: 1000 * seconds / sum(len(item) for item in items) for name, seconds in best.items()}
 
 
 def model_utterances_per_second(batch_items: int, n_per_speaker: int, max_frames: int, repeats: int) -> float:
@@ -157,8 +160,9 @@ def main() -> None:
             ours = DatasetLoader.train_dataset_loader(str(train_list), augment, **options)
             sampler = DatasetLoader.train_dataset_sampler(ours, n_per_speaker, 500, args.batch_size, False, 1)
             naive = NaiveDataset(ours, options["musan_path"], options["rir_path"], augment)
+            for name, cost in item_costs_ms({"ours": ours, "naive": naive}, list(sampler)[:60]).items():
+                costs[(name, augment)] = cost
             for name, dataset, worker_counts in (("ours", ours, (0, 1, 2)), ("naive", naive, (0, 2))):
-                costs[(name, augment)] = item_cost_ms(dataset, list(sampler)[:100])
                 for workers in worker_counts:
                     rate = utterances_per_second(dataset, sampler, args.batch_size, workers)
                     rows.append({"loader": name, "augment": augment, "workers": workers, "utterances_per_s": rate})
