@@ -19,7 +19,6 @@ class PreEmphasis(nn.Module):
 
     def __init__(self, coef: float = 0.97) -> None:
         super().__init__()
-        self.coef = coef
         self.register_buffer("flipped_filter", torch.tensor([[[-coef, 1.0]]], dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
