@@ -19,7 +19,7 @@ import torch
 import yaml
 
 import DatasetLoader
-import tuneThreshold
+import evaluation
 import checkpoints
 import distributed
 from SpeakerNet import (ModelTrainer, NonFiniteLossError, PluginError, ResumePoint, RunControl, SpeakerNet,
@@ -88,7 +88,7 @@ FLAG_GROUPS = {
         ("dcf_c_fa", float, 1, "MinDCF false-alarm cost"),
         ("num_eval", int, 10, "crops per test file"),
         ("scoring", str, "original", "original (minus mean crop distance) or cosine (mean normalised embedding)"),
-        ("score_file", str, "", "--eval: write '<score> <enrol> <test>' per trial to this file"),
+        ("score_file", str, "", "--eval: write '<score> <enrol> <test>' per trial to this file (plots beside it)"),
     ],
     "Load and save": [
         ("initial_model", str, "", "weights to start from (takes precedence over resuming)"),
@@ -96,7 +96,7 @@ FLAG_GROUPS = {
     ],
     "Training and test data": [
         ("train_list", str, "data/train_list.txt", "train list: '<speaker> <relative path>' lines"),
-        ("test_list", str, "data/veri_test.txt", "trial list: '<label> <enrol> <test>' lines"),
+        ("test_list", str, "data/veri_test.txt", "trial list(s), comma-separated: '<label> <enrol> <test>' lines"),
         ("train_path", str, "data/voxceleb2/dev/wav", "root of the train list's paths"),
         ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths"),
         ("musan_path", str, "data/musan_split", "split MUSAN folder"),
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         group = parser.add_argument_group(title)
         for name, kind, default, help_text in flags:
             add_flag(group, name, kind, default, help_text)
+    evaluation.add_evaluation_arguments(parser)
     return parser
 
 
@@ -212,35 +213,17 @@ def write_run_record(args: argparse.Namespace) -> None:
     os.replace(temporary, os.path.join(args.save_path, "config.yaml"))
 
 
-def error_rates(scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> tuple[float, float, float]:
-    """EER (%), MinDCF at --dcf_p_target and MinDCF at 0.01 of the labelled trials."""
-    eer = tuneThreshold.tuneThresholdfromScore(scores, labels, [1, 0.1])[1]
-    fnrs, fprs, thresholds = tuneThreshold.ComputeErrorRates(scores, labels)
-    min_dcf = tuneThreshold.ComputeMinDcf(fnrs, fprs, thresholds, args.dcf_p_target, args.dcf_c_miss, args.dcf_c_fa)[0]
-    min_dcf_01 = tuneThreshold.ComputeMinDcf(fnrs, fprs, thresholds, 0.01, args.dcf_c_miss, args.dcf_c_fa)[0]
-    return eer, min_dcf, min_dcf_01
-
-
-def evaluate(trainer: ModelTrainer, args: argparse.Namespace,
-             context: distributed.Context) -> tuple[float, float] | tuple[None, None]:
-    """Score the trial list (all ranks embed); rank 0 prints EER and MinDCF and writes the score file."""
-    scores, labels, pairs = trainer.evaluateFromList(**vars(args))
-    if not context.is_main:
+def evaluate(trainer: ModelTrainer, args: argparse.Namespace) -> tuple[float, float] | tuple[None, None]:
+    """Evaluate during training on the first --test_list: (EER, MinDCF at --dcf_p_target) on rank 0."""
+    first_list = evaluation.trial_list_paths(args.test_list)[0]
+    settings = argparse.Namespace(**dict(vars(args), test_list=first_list, score_file="", fit_calibration=""))
+    results = evaluation.run_evaluation(trainer, settings)
+    if not results:
         return None, None
-    if args.score_file:
-        temporary = args.score_file + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.writelines(f"{score:.6f} {pair}\n" for score, pair in zip(scores, pairs))
-        os.replace(temporary, args.score_file)
-        print(f"Wrote {len(pairs)} scores to {args.score_file}")
-    labelled = labels >= 0
-    if not labelled.all():
-        print(f"{int((~labelled).sum())} trial lines of {args.test_list} have no label: scored, not in the EER")
-    if len(set(labels[labelled].tolist())) < 2:
-        raise SystemExit(f"{args.test_list}: EER needs both target (1) and non-target (0) trials")
-    eer, min_dcf, min_dcf_01 = error_rates(scores[labelled], labels[labelled], args)
-    print(f"EER {eer:2.4f} MinDCF {min_dcf:2.5f} (p_target {args.dcf_p_target:g}) MinDCF {min_dcf_01:2.5f} (p_target 0.01)")
-    return eer, min_dcf
+    result = results[first_list]
+    if "eer" not in result:
+        raise SystemExit(f"{first_list}: evaluation during training needs target and non-target trials")
+    return result["eer"], result["min_dcf"][args.dcf_p_target][0]
 
 
 class ResumedSampler(torch.utils.data.Sampler):
@@ -319,7 +302,7 @@ def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.
                                     f"LR {trainer.last_epoch['lr']:f}", " \n")
                 log_timing(args, epoch, trainer.last_epoch)
             if epoch % args.test_interval == 0:
-                eer, min_dcf = evaluate(trainer, args, context)
+                eer, min_dcf = evaluate(trainer, args)
                 if context.is_main:
                     log_line(scorefile, f"Epoch {epoch:d}, VEER {eer:2.4f}, MinDCF {min_dcf:2.5f}")
                     stem = os.path.join(args.model_save_path, f"model{epoch:09d}")
@@ -364,7 +347,7 @@ def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
                 raise SystemExit("--eval needs --initial_model or a checkpoint in " + args.model_save_path)
             if context.is_main:
                 print(f"Total parameters: {sum(p.numel() for p in speaker_net.__S__.parameters())}")
-            evaluate(trainer, args, context)
+            evaluation.run_evaluation(trainer, args)
         else:
             train(trainer, args, context)
     finally:
