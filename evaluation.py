@@ -368,16 +368,15 @@ def run_evaluation(trainer_or_model, args) -> dict[str, dict]:
     test_embeddings = {name: embeddings[os.path.join(args.test_path, name)] for name in files}
     if cohort:
         speakers = scoreNormalization.speaker_means(embeddings, cohort, mode, normalize)
-        per_file = scoreNormalization.cohort_scores([test_embeddings[name] for name in files], speakers, mode,
-                                                    normalize)
+        mean, std = scoreNormalization.cohort_statistics([test_embeddings[name] for name in files], speakers, mode,
+                                                         normalize, norm, _option(args, "norm_topk"))
     rows = {name: row for row, name in enumerate(files)}
     results = {}
     for position, trials in enumerate(lists):
         scores = score_trials(trials, test_embeddings, normalize, mode)
         if cohort:
             scores = scoreNormalization.normalize_scores(scores, np.array([rows[n] for n in trials.enrol]),
-                                                         np.array([rows[n] for n in trials.test]), per_file, norm,
-                                                         _option(args, "norm_topk"))
+                                                         np.array([rows[n] for n in trials.test]), mean, std)
         if position == 0 and _option(args, "fit_calibration"):
             calibrator = _fitted_calibration(args, trials, scores)
         if calibrator is not None:

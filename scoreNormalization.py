@@ -40,38 +40,43 @@ def speaker_means(embeddings: dict[str, torch.Tensor], cohort: dict[str, list[st
     return F.normalize(means, dim=-1) if mode == "cosine" or normalize else means
 
 
-def cohort_scores(file_crops: list[torch.Tensor], cohort: torch.Tensor, mode: str, normalize: bool,
-                  files_per_chunk: int = 512) -> torch.Tensor:
-    """`[files, speakers]` scores of every file against every cohort speaker, as score_trials would score them."""
-    rows = []
-    for start in range(0, len(file_crops), files_per_chunk):
-        vectors = [_scoring_vectors(crops, mode, normalize) for crops in file_crops[start:start + files_per_chunk]]
-        stacked = torch.cat(vectors)
-        owner = torch.repeat_interleave(torch.arange(len(vectors)), torch.as_tensor([len(v) for v in vectors]))
-        kernel = stacked @ cohort.T if mode == "cosine" else -torch.cdist(stacked, cohort)
-        summed = torch.zeros(len(vectors), cohort.shape[0]).index_add_(0, owner, kernel)
-        rows.append(summed / torch.bincount(owner, minlength=len(vectors)).unsqueeze(1))
-    return torch.cat(rows)
+def _chunk_scores(file_crops: list[torch.Tensor], cohort: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
+    """`[files, speakers]` scores of some files against every cohort speaker, as score_trials would score them."""
+    vectors = [_scoring_vectors(crops, mode, normalize) for crops in file_crops]
+    stacked = torch.cat(vectors)
+    owner = torch.repeat_interleave(torch.arange(len(vectors)), torch.as_tensor([len(v) for v in vectors]))
+    kernel = stacked @ cohort.T if mode == "cosine" else -torch.cdist(stacked, cohort)
+    summed = torch.zeros(len(vectors), cohort.shape[0]).index_add_(0, owner, kernel)
+    return summed / torch.bincount(owner, minlength=len(vectors)).unsqueeze(1)
 
 
 def top_k_statistics(scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (unbiased) standard deviation of each row's `top_k` highest scores."""
-    if top_k > scores.shape[1]:
-        raise ValueError(f"The cohort has {scores.shape[1]} speakers, fewer than --norm_topk {top_k}; lower "
-                         "--norm_topk or use a cohort with more speakers (--cohort_size 0 takes all)")
-    if top_k < 2:
-        raise ValueError(f"Score normalisation needs at least 2 cohort scores per file, got top-k {top_k}")
     top = scores.topk(top_k, dim=1).values
     return top.mean(dim=1), top.std(dim=1).clamp_min(1e-6)
 
 
-def normalize_scores(scores: np.ndarray, enrol_rows: np.ndarray, test_rows: np.ndarray,
-                     file_cohort_scores: torch.Tensor, method: str, top_k: int) -> np.ndarray:
-    """AS-norm (top-k cohort statistics) or S-norm (all cohort speakers): mean of the enrol- and test-side z-scores."""
-    if method not in NORM_MODES:
+def cohort_statistics(file_crops: list[torch.Tensor], cohort: torch.Tensor, mode: str, normalize: bool,
+                      method: str, top_k: int, files_per_chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Per file the mean and standard deviation of its top-k (asnorm) or all (snorm) cohort scores."""
+    if method not in ("asnorm", "snorm"):
         raise ValueError(f"Unknown score normalisation {method!r}; choose one of {', '.join(NORM_MODES)}")
-    if method == "none":
-        return scores
-    mean, std = top_k_statistics(file_cohort_scores, file_cohort_scores.shape[1] if method == "snorm" else top_k)
-    mean, std = mean.double().numpy(), std.double().numpy()
+    count = cohort.shape[0] if method == "snorm" else top_k
+    if count > cohort.shape[0]:
+        raise ValueError(f"The cohort has {cohort.shape[0]} speakers, fewer than --norm_topk {top_k}; lower "
+                         "--norm_topk or use a cohort with more speakers (--cohort_size 0 takes all)")
+    if count < 2:
+        raise ValueError(f"Score normalisation needs at least 2 cohort scores per file, got {count}")
+    means, stds = [], []
+    for start in range(0, len(file_crops), files_per_chunk):
+        mean, std = top_k_statistics(_chunk_scores(file_crops[start:start + files_per_chunk], cohort, mode,
+                                                   normalize), count)
+        means.append(mean)
+        stds.append(std)
+    return torch.cat(means).double().numpy(), torch.cat(stds).double().numpy()
+
+
+def normalize_scores(scores: np.ndarray, enrol_rows: np.ndarray, test_rows: np.ndarray, mean: np.ndarray,
+                     std: np.ndarray) -> np.ndarray:
+    """The mean of the enrol-side and test-side z-scores of each trial (AS-norm / S-norm)."""
     return 0.5 * ((scores - mean[enrol_rows]) / std[enrol_rows] + (scores - mean[test_rows]) / std[test_rows])

@@ -48,9 +48,10 @@ def run(mode: str, crops: int, args) -> dict:
     timings["score"] = time.perf_counter() - start
     start = time.perf_counter()
     rows = {name: row for row, name in enumerate(trials.files)}
-    per_file = scoreNormalization.cohort_scores([embeddings[name] for name in trials.files], cohort, mode, True)
+    mean, std = scoreNormalization.cohort_statistics([embeddings[name] for name in trials.files], cohort, mode,
+                                                     True, "asnorm", 300)
     normed = scoreNormalization.normalize_scores(scores, np.array([rows[n] for n in trials.enrol]),
-                                                 np.array([rows[n] for n in trials.test]), per_file, "asnorm", 300)
+                                                 np.array([rows[n] for n in trials.test]), mean, std)
     timings["asnorm"] = time.perf_counter() - start
     start = time.perf_counter()
     eer = tuneThreshold.tuneThresholdfromScore(normed, trials.labels, [1, 0.1])[1]

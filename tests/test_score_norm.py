@@ -49,12 +49,12 @@ def test_normalisation_matches_loop(mode, normalize, crops, method, top_k):
     trials, embeddings, cohort_files = make_case(crops)
     raw = evaluation.score_trials(trials, embeddings, normalize, mode)
     cohort = norm.speaker_means(embeddings, cohort_files, mode, normalize)
-    per_file = norm.cohort_scores([embeddings[name] for name in trials.files], cohort, mode, normalize,
-                                  files_per_chunk=3)
+    mean, std = norm.cohort_statistics([embeddings[name] for name in trials.files], cohort, mode, normalize,
+                                       method, top_k, files_per_chunk=3)
     rows = {name: i for i, name in enumerate(trials.files)}
     enrol_rows = np.array([rows[n] for n in trials.enrol])
     test_rows = np.array([rows[n] for n in trials.test])
-    ours = norm.normalize_scores(raw, enrol_rows, test_rows, per_file, method, top_k)
+    ours = norm.normalize_scores(raw, enrol_rows, test_rows, mean, std)
     centroids = [loop_centroid(paths, embeddings, mode, normalize) for paths in cohort_files.values()]
 
     def stats(name):
@@ -76,10 +76,10 @@ def test_cohort_selection_and_errors():
     assert norm.select_cohort(speakers, paths, 0, 0)["a"] == ["a1", "a2", "a3"]
     picked = norm.select_cohort(speakers, paths, 2, 1)
     assert len(picked) == 2 and picked == norm.select_cohort(speakers, paths, 2, 1)
-    scores = torch.randn(4, 5)
+    crops, cohort = [torch.randn(2, 4) for _ in range(3)], torch.randn(5, 4)
     with pytest.raises(ValueError, match="5 speakers, fewer than --norm_topk 300"):
-        norm.top_k_statistics(scores, 300)
+        norm.cohort_statistics(crops, cohort, "original", True, "asnorm", 300)
     with pytest.raises(ValueError, match="Unknown score normalisation 'znorm'"):
-        norm.normalize_scores(np.zeros(1), np.zeros(1, int), np.zeros(1, int), scores, "znorm", 3)
-    assert np.array_equal(norm.normalize_scores(np.ones(2), np.zeros(2, int), np.zeros(2, int), scores, "none", 3),
-                          np.ones(2))
+        norm.cohort_statistics(crops, cohort, "original", True, "znorm", 3)
+    with pytest.raises(ValueError, match="at least 2 cohort scores"):
+        norm.cohort_statistics(crops, cohort[:1], "original", True, "snorm", 3)
