@@ -109,6 +109,7 @@ FLAG_GROUPS = {
         ("encoder_type", str, "SAP", "pooling: SAP, ASP (ResNets), TAP, MAX (VGGVox)"),
         ("nOut", int, 512, "embedding size"),
         ("sinc_stride", int, 10, "RawNet3 sinc-conv stride"),
+        ("res2net_scale", int, 4, "Res2NetSE34: channel groups per block (2, 4, 8, 16 or 32)"),
     ],
     "Run mode and hardware": [
         ("eval", bool, False, "evaluate only, then exit"),
