@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 
@@ -251,8 +252,12 @@ def load_embeddings_cache(path: str, settings: dict) -> dict[str, torch.Tensor]:
     """Embeddings saved by save_embeddings_cache under the same settings; {} when absent or made otherwise."""
     if not path or not os.path.exists(path):
         return {}
-    content = torch.load(path, map_location="cpu", weights_only=True)
-    if content.get("settings") != settings:
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        print(f"Embeddings cache {path} cannot be read ({error}); computing afresh")
+        return {}
+    if not isinstance(content, dict) or content.get("settings") != settings:
         print(f"Embeddings cache {path} was made with other weights or crop settings; computing afresh")
         return {}
     print(f"Reusing {len(content['names'])} embeddings from {path}")
@@ -266,10 +271,11 @@ def save_embeddings_cache(path: str, settings: dict, embeddings: dict[str, torch
     os.replace(temporary, path)
 
 
-def embed_paths(model, roots: dict[str, list[str]], args, device: torch.device, autocast_dtype) -> dict[str, torch.Tensor]:
+def embed_paths(model, roots: dict[str, list[str]], args, device: torch.device,
+                autocast_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Embeddings keyed by full path of every `root -> relative names` (each rank embeds its share; cache used)."""
     settings = {"weights": model_fingerprint(model), "eval_frames": int(args.eval_frames),
-                "num_eval": int(args.num_eval)}
+                "num_eval": int(args.num_eval), "autocast": str(autocast_dtype)}
     cache_path = _option(args, "embeddings_cache")
     cached = load_embeddings_cache(cache_path, settings)
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)

@@ -166,3 +166,18 @@ def test_scoring_errors():
     del embeddings[trials.files[0]]
     with pytest.raises(KeyError, match="No embedding for 1 files"):
         evaluation.score_trials(trials, embeddings, True)
+
+
+def test_embeddings_cache_round_trip_and_invalidation(tmp_path, capsys):
+    path = str(tmp_path / "cache.pt")
+    settings = {"weights": "abc", "eval_frames": 300, "num_eval": 10, "autocast": "None"}
+    stored = {"a/1.wav": torch.randn(10, 4), "b/2.wav": torch.randn(10, 4)}
+    evaluation.save_embeddings_cache(path, settings, stored)
+    loaded = evaluation.load_embeddings_cache(path, settings)
+    assert sorted(loaded) == sorted(stored) and torch.equal(loaded["a/1.wav"], stored["a/1.wav"])
+    assert evaluation.load_embeddings_cache(path, dict(settings, weights="other")) == {}
+    assert "other weights or crop settings" in capsys.readouterr().out
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    assert evaluation.load_embeddings_cache(str(tmp_path / "broken.pt"), settings) == {}
+    assert "cannot be read" in capsys.readouterr().out
+    assert evaluation.load_embeddings_cache(str(tmp_path / "absent.pt"), settings) == {}
