@@ -170,3 +170,24 @@ def test_dropped_in_plugins_work_by_name(tiny_corpus, tmp_path):
     argv = small_run(tiny_corpus, save_path, "--model", "TinyConv", "--trainfunc", "centroid", "--max_epoch", "1")
     run_cli(argv, cwd=project)
     assert (save_path / "model" / "model000000001.model").is_file()
+
+
+def test_evaluate_from_list_matches_the_score_file(tiny_corpus, tmp_path, trained):
+    """The original's ModelTrainer.evaluateFromList API gives the --eval scores."""
+    import numpy as np
+
+    import trainSpeakerNet
+    from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
+
+    checkpoint = str(trained / "model" / "model000000003.model")
+    score_file = tmp_path / "scores.txt"
+    run_cli(small_run(tiny_corpus, tmp_path / "unused", "--eval", "--initial_model", checkpoint,
+                      "--score_file", str(score_file)))
+    args = trainSpeakerNet.parse_arguments(small_run(tiny_corpus, tmp_path / "unused", "--eval"))
+    trainer = ModelTrainer(WrappedModel(SpeakerNet(**vars(args))), **dict(vars(args), device=torch.device("cpu")))
+    trainer.loadParameters(checkpoint, strict_model=True)
+    scores, labels, pairs = trainer.evaluateFromList(**vars(args))
+    expected = [line.split(" ", 1) for line in score_file.read_text().splitlines()]
+    assert pairs == [pair for _, pair in expected]
+    np.testing.assert_allclose(scores, [float(score) for score, _ in expected], atol=2e-6)
+    assert labels.tolist() == [int(line.split()[0]) for line in Path(tiny_corpus["test_list"]).read_text().splitlines()]
