@@ -1,4 +1,7 @@
-"""Parameters and CPU forward / forward+backward time of every model on a batch of 2-second crops."""
+"""Parameters and CPU forward / forward+backward time of every model on a batch of 2-second crops.
+
+Wall time is what a user waits; process CPU time is steadier on a shared machine (use --threads 1 there).
+"""
 import argparse
 import json
 import os
@@ -30,15 +33,16 @@ CONFIGS = [
 ]
 
 
-def median_seconds(step, repeats: int) -> float:
-    """Median wall time of `step()` over `repeats` runs after one warm-up run."""
+def median_seconds(step, repeats: int) -> tuple[float, float]:
+    """Median wall time and median process CPU time of `step()` over `repeats` runs after one warm-up run."""
     step()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def measure(module: str, kwargs: dict, batch: torch.Tensor, repeats: int) -> dict:
@@ -55,9 +59,11 @@ def measure(module: str, kwargs: dict, batch: torch.Tensor, repeats: int) -> dic
         model.zero_grad()
         model(batch).square().mean().backward()
 
+    forward_s, forward_cpu_s = median_seconds(forward, repeats)
+    backward_s, backward_cpu_s = median_seconds(forward_backward, repeats)
     return {"params": sum(p.numel() for p in model.parameters()),
-            "forward_s": median_seconds(forward, repeats),
-            "forward_backward_s": median_seconds(forward_backward, repeats)}
+            "forward_s": forward_s, "forward_cpu_s": forward_cpu_s,
+            "forward_backward_s": backward_s, "forward_backward_cpu_s": backward_cpu_s}
 
 
 def main() -> None:
@@ -77,14 +83,15 @@ def main() -> None:
     results = []
     print(f"batch {args.batch_size} x {args.seconds:g} s crops, {torch.get_num_threads()} threads, "
           f"median of {args.repeats}")
-    print("| model | parameters | forward (s) | forward+backward (s) |\n|---|---:|---:|---:|")
+    print("| model | parameters | forward wall (s) | forward CPU (s) | forward+backward wall (s) "
+          "| forward+backward CPU (s) |\n|---|---:|---:|---:|---:|---:|")
     for label, module, kwargs in CONFIGS:
         if args.only not in label:
             continue
         row = {"model": label, "module": module, "kwargs": kwargs, **measure(module, kwargs, batch, args.repeats)}
         results.append(row)
-        print(f"| {label} | {row['params']:,} | {row['forward_s']:.3f} | {row['forward_backward_s']:.3f} |",
-              flush=True)
+        print(f"| {label} | {row['params']:,} | {row['forward_s']:.3f} | {row['forward_cpu_s']:.3f} "
+              f"| {row['forward_backward_s']:.3f} | {row['forward_backward_cpu_s']:.3f} |", flush=True)
 
     report = {"batch_size": args.batch_size, "seconds": args.seconds, "repeats": args.repeats,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
