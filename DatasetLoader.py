@@ -75,7 +75,7 @@ def mix_noises(audio: np.ndarray, noises: list[np.ndarray], snrs_db: list[float]
     return mixed
 
 
-def reverberate(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
+def convolve_rir(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
     """Convolve `[1, n]` audio with a unit-energy RIR by FFT (float32), keeping the first n samples."""
     rir = (rir / np.sqrt(np.sum(np.square(rir, dtype=np.float64)))).astype(np.float32)
     wet = signal.fftconvolve(audio.astype(np.float32), rir[np.newaxis, :], mode="full", axes=-1)
@@ -104,16 +104,18 @@ class AugmentWAV:
         self.rir_files = rir_index(os.path.normpath(rir_path))
         self.stats = stats
 
-    def additive_noise(self, noisecat: str, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def additive_noise(self, noisecat: str, audio: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Mix 1 (noise, music) or 3-7 (speech) MUSAN crops into the audio at random SNRs."""
+        rng = np.random.default_rng() if rng is None else rng
         draws = draw_noises(self.noise_files[noisecat], noisecat, rng)
         noises = [load_crops(path, self.max_frames, False, 1, rng.random(), self.stats) for path, _ in draws]
         return mix_noises(audio, noises, [snr for _, snr in draws])
 
-    def reverberate(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def reverberate(self, audio: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Convolve the audio with a random unit-energy RIR."""
+        rng = np.random.default_rng() if rng is None else rng
         path = self.rir_files[int(rng.integers(len(self.rir_files)))]
-        return reverberate(audio, load_crops(path, 0, True, 1, stats=self.stats)[0])
+        return convolve_rir(audio, load_crops(path, 0, True, 1, stats=self.stats)[0])
 
     def augment(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One of none / reverb / music / speech / noise, each with probability 1/5."""

@@ -77,7 +77,8 @@ class NaiveDataset(torch.utils.data.Dataset):
         if kind == "none":
             return audio
         low, high = DatasetLoader.NOISE_COUNT[kind]
-        noises = [naive_crop(path, self.max_audio) for path in random.sample(self.noises[kind], random.randint(low, high))]
+        paths = random.sample(self.noises[kind], random.randint(low, high))
+        noises = [naive_crop(path, self.max_audio) for path in paths]
         clean_db = 10 * np.log10(np.mean(audio ** 2) + 1e-4)
         scaled = [np.sqrt(10 ** ((clean_db - 10 * np.log10(np.mean(noise ** 2) + 1e-4)
                                   - random.uniform(*DatasetLoader.NOISE_SNR[kind])) / 10)) * noise for noise in noises]
