@@ -54,6 +54,15 @@ class LoaderStats:
         """Unreadable training files replaced by another utterance of the same speaker."""
         return self._skipped.value
 
+    def summary(self) -> str:
+        """One line with the counts for the end of an epoch or evaluation; empty when both are zero."""
+        parts = []
+        if self.resampled:
+            parts.append(f"{self.resampled} file(s) at other sample rates resampled to {SAMPLE_RATE} Hz")
+        if self.skipped:
+            parts.append(f"{self.skipped} unreadable training file(s) replaced (--skip_bad_audio)")
+        return "; ".join(parts)
+
     def count_resampled(self) -> None:
         """Add one resampled file."""
         with self._resampled.get_lock():

@@ -86,6 +86,7 @@ def test_other_rates_are_resampled(tmp_path, monkeypatch, rate):
         warnings.simplefilter("error")  # the warning is shown once
         load_crops(str(tmp_path / "tone2.wav"), 0, stats=stats)
     assert stats.resampled == 2
+    assert stats.summary() == "2 file(s) at other sample rates resampled to 16000 Hz"
     assert whole.shape == (1, 32000)
     spectrum = np.abs(np.fft.rfft(whole[0]))
     assert abs(np.argmax(spectrum) * 16000 / 32000 - 440) <= 1

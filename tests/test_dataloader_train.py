@@ -154,6 +154,7 @@ def test_skip_bad_audio_uses_same_speaker_and_counts(corpus):
     with pytest.warns(UserWarning, match=r"skipping unreadable.*spk1/v/2\.wav"):
         audio, label = dataset[[5, 3]]
     assert label == 1 and dataset.stats.skipped == 1
+    assert dataset.stats.summary() == "1 unreadable training file(s) replaced (--skip_bad_audio)"
     sources = [soundfile.read(tmp_path / "wav" / f"spk1/v/{n}.wav", dtype="float32")[0] for n in (0, 1)]
     assert any(is_window_of(audio[0].numpy(), source) for source in sources)
     for everyone_bad in ("spk1/v/0.wav", "spk1/v/1.wav"):
