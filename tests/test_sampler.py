@@ -92,7 +92,8 @@ def test_properties():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 30, size=1500).tolist()
     sampler = make_sampler(labels, n_per_speaker=2, max_seg=20, batch_size=10, seed=3)
-    assert len(sampler) > 0  # before the first epoch
+    before_first_epoch = len(sampler)
+    assert before_first_epoch > 0 and before_first_epoch == len(list(sampler))
     sampler.set_epoch(7)
     items = list(sampler)
     assert len(items) == len(sampler) and len(items) % 10 == 0
