@@ -181,3 +181,9 @@ def test_embeddings_cache_round_trip_and_invalidation(tmp_path, capsys):
     assert evaluation.load_embeddings_cache(str(tmp_path / "broken.pt"), settings) == {}
     assert "cannot be read" in capsys.readouterr().out
     assert evaluation.load_embeddings_cache(str(tmp_path / "absent.pt"), settings) == {}
+
+
+def test_trial_list_paths_accepts_commas_and_yaml_lists():
+    assert evaluation.trial_list_paths("a.txt") == ["a.txt"]
+    assert evaluation.trial_list_paths("a.txt, b.txt,") == ["a.txt", "b.txt"]
+    assert evaluation.trial_list_paths(["a.txt", "b.txt"]) == ["a.txt", "b.txt"]
