@@ -43,7 +43,10 @@ def _cast(name: str, value, source: str):
 
 
 def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict) -> dict:
-    """Model settings: trainer defaults < the checkpoint's saved args < the config YAML < explicit values."""
+    """Model settings: trainer defaults < the checkpoint's saved args < the config YAML < explicit values.
+
+    Keys of the checkpoint args and the config that are not in MODEL_SETTINGS (e.g. a model's own options)
+    are passed on to the model unchanged."""
     settings = {name: default for name, (_, default) in MODEL_SETTINGS.items()}
     layers = [(checkpoint_args, "checkpoint args")]
     if config:
@@ -57,6 +60,8 @@ def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict)
         for name, value in values.items():
             if name in MODEL_SETTINGS and value is not None:
                 settings[name] = _cast(name, value, source)
+            elif name not in MODEL_SETTINGS and source != "command line":
+                settings[name] = value
     missing = [name for name in ("model", "trainfunc") if not settings[name]]
     if missing:
         raise ValueError(f"Cannot tell the {' and '.join(missing)} of this checkpoint: give "
@@ -74,7 +79,7 @@ class SpeakerEmbedder:
         saved_args = content.get("args", {}) if isinstance(content.get("args"), dict) else {}
         self.settings = resolve_settings(saved_args, config, overrides)
         self.device = torch.device(device)
-        self.net = SpeakerNet(optimizer="adam", **self.settings).to(self.device).eval()
+        self.net = SpeakerNet(**dict(self.settings, optimizer="adam")).to(self.device).eval()
         report = checkpoints.load_weights(self.net, checkpoints.model_weights(content, checkpoint), checkpoint)
         if report.missing_in("__S__.") or report.mismatched_in("__S__."):
             raise checkpoints.CheckpointError(
