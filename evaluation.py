@@ -170,11 +170,15 @@ def _original_scores(trials: Trials, embeddings: dict[str, torch.Tensor], normal
         dim = stacks[n_enrol].shape[-1]
         for block in _chunks(len(selected), (n_enrol + n_test) * dim + n_enrol * n_test):
             chosen = selected[block]
-            # numpy gathers rows faster than torch indexing on CPU; cdist computes directly, like the original
-            distances = torch.cdist(torch.from_numpy(stacks[n_enrol][rows[enrol[chosen]]]),
-                                    torch.from_numpy(stacks[n_test][rows[test[chosen]]]),
-                                    compute_mode="donot_use_mm_for_euclid_dist")
-            scores[chosen] = -distances.mean(dim=(1, 2)).numpy()
+            # numpy gathers rows faster than torch indexing on CPU; distances computed directly, like the original
+            enrol_crops, test_crops = stacks[n_enrol][rows[enrol[chosen]]], stacks[n_test][rows[test[chosen]]]
+            if n_enrol == n_test == 1:  # whole utterances: one distance per trial
+                difference = enrol_crops[:, 0] - test_crops[:, 0]
+                scores[chosen] = -np.sqrt(np.einsum("td,td->t", difference, difference))
+            else:
+                distances = torch.cdist(torch.from_numpy(enrol_crops), torch.from_numpy(test_crops),
+                                        compute_mode="donot_use_mm_for_euclid_dist")
+                scores[chosen] = -distances.mean(dim=(1, 2)).numpy()
     return scores
 
 

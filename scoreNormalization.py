@@ -24,30 +24,42 @@ def select_cohort(speakers: list[str], paths: list[str], cohort_size: int,
     return {name: by_speaker[name] for name in names}
 
 
-def _scoring_vectors(crops: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
-    """The vectors one file is scored with: its crops ("original") or its mean normalised crop ("cosine")."""
-    crops = crops.float()
+def _mean_by_owner(values: torch.Tensor, owner: torch.Tensor, groups: int) -> torch.Tensor:
+    """Mean of the rows of `values` per group; `owner` (sorted) gives each row's group."""
+    counts = torch.bincount(owner, minlength=groups)
+    if len(values) == groups:
+        return values
+    if bool((counts == counts[0]).all()):
+        return values.view(groups, int(counts[0]), -1).mean(1)
+    return torch.zeros(groups, values.shape[1]).index_add_(0, owner, values) / counts.unsqueeze(1)
+
+
+def _scoring_vectors(file_crops: list[torch.Tensor], mode: str, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vectors files are scored with and each vector's file: crops ("original") or mean normalised crop."""
+    owner = torch.repeat_interleave(torch.arange(len(file_crops)), torch.as_tensor([len(c) for c in file_crops]))
+    crops = torch.cat(file_crops).float()
     if mode == "cosine":
-        return F.normalize(F.normalize(crops, dim=-1).mean(0, keepdim=True), dim=-1)
-    return F.normalize(crops, dim=-1) if normalize else crops
+        means = _mean_by_owner(F.normalize(crops, dim=-1), owner, len(file_crops))
+        return F.normalize(means, dim=-1), torch.arange(len(file_crops))
+    return (F.normalize(crops, dim=-1) if normalize else crops), owner
 
 
 def speaker_means(embeddings: dict[str, torch.Tensor], cohort: dict[str, list[str]], mode: str,
                   normalize: bool) -> torch.Tensor:
     """`[speakers, D]`: per cohort speaker the mean of its utterances' scoring vectors, scored like one crop."""
-    means = torch.stack([torch.cat([_scoring_vectors(embeddings[path], mode, normalize) for path in paths]).mean(0)
-                         for paths in cohort.values()])
+    paths = [path for group in cohort.values() for path in group]
+    speaker_of_file = torch.repeat_interleave(torch.arange(len(cohort)),
+                                              torch.as_tensor([len(group) for group in cohort.values()]))
+    vectors, file_of_vector = _scoring_vectors([embeddings[path] for path in paths], mode, normalize)
+    means = _mean_by_owner(vectors, speaker_of_file[file_of_vector], len(cohort))
     return F.normalize(means, dim=-1) if mode == "cosine" or normalize else means
 
 
 def _chunk_scores(file_crops: list[torch.Tensor], cohort: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
     """`[files, speakers]` scores of some files against every cohort speaker, as score_trials would score them."""
-    vectors = [_scoring_vectors(crops, mode, normalize) for crops in file_crops]
-    stacked = torch.cat(vectors)
-    owner = torch.repeat_interleave(torch.arange(len(vectors)), torch.as_tensor([len(v) for v in vectors]))
-    kernel = stacked @ cohort.T if mode == "cosine" else -torch.cdist(stacked, cohort)
-    summed = torch.zeros(len(vectors), cohort.shape[0]).index_add_(0, owner, kernel)
-    return summed / torch.bincount(owner, minlength=len(vectors)).unsqueeze(1)
+    vectors, owner = _scoring_vectors(file_crops, mode, normalize)
+    kernel = vectors @ cohort.T if mode == "cosine" else -torch.cdist(vectors, cohort)
+    return _mean_by_owner(kernel, owner, len(file_crops))
 
 
 def top_k_statistics(scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ import scoreNormalization as norm
 def make_case(crops, seed=0):
     generator = torch.Generator().manual_seed(seed)
     files = [f"t{i}.wav" for i in range(8)]
-    cohort_files = {f"spk{s}": [f"c{s}_{u}.wav" for u in range(3)] for s in range(6)}
+    cohort_files = {f"spk{s}": [f"c{s}_{u}.wav" for u in range(1 + s % 3)] for s in range(6)}
     names = files + [path for paths in cohort_files.values() for path in paths]
     embeddings = {name: torch.randn(crops, 5, generator=generator) for name in names}
     enrol = [files[i % 8] for i in range(20)]
