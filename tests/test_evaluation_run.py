@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import calibration
 import evaluation
 from SpeakerNet import SpeakerNet
 
@@ -49,12 +50,12 @@ def test_several_lists_cache_asnorm_and_calibration(speaker_net, tiny_corpus, tm
     second.write_text("\n".join(lines[:6]) + "\n" + " ".join(lines[7].split()[1:]) + "\n")
     lists = f"{tiny_corpus['test_list']},{second}"
     cache, fitted = str(tmp_path / "cache.pt"), str(tmp_path / "cal.json")
-    args = make_args(tiny_corpus, tmp_path, "--score_norm", "asnorm", "--norm_topk", "3", "--embeddings_cache",
-                     cache, "--fit_calibration", fitted, test_list=lists)
+    args = make_args(tiny_corpus, tmp_path, "--score_norm", "asnorm", "--norm_topk", "3", "--cohort_utterances", "2",
+                     "--embeddings_cache", cache, "--fit_calibration", fitted, test_list=lists)
     first = evaluation.run_evaluation(speaker_net, args)
     output = capsys.readouterr().out
     assert output.count("EER ") == 2 and "Cllr " in output and "1 trial lines" in output
-    assert "Saved 30 embeddings" in output  # 6 test files + 24 cohort files, embedded once
+    assert "Saved 18 embeddings" in output  # 6 test files + 6 x 2 cohort files, embedded once
     assert set(first) == {tiny_corpus["test_list"], str(second)}
     assert first[str(second)]["trials"] == 7 and first[str(second)]["unlabelled"] == 1
     main_file = tmp_path / "scores_test_list.txt"
@@ -62,17 +63,18 @@ def test_several_lists_cache_asnorm_and_calibration(speaker_net, tiny_corpus, tm
     assert [row[1:] for row in rows] == [line.split()[1:] for line in lines]
     assert is_png(tmp_path / "scores_test_list_det.png") and is_png(tmp_path / "scores_second_hist.png")
     # second run: embeddings from the cache, the saved calibration applied -> the same LLRs
-    args = make_args(tiny_corpus, tmp_path, "--score_norm", "asnorm", "--norm_topk", "3", "--embeddings_cache",
-                     cache, "--calibration", fitted, score_file=str(tmp_path / "again.txt"))
+    args = make_args(tiny_corpus, tmp_path, "--score_norm", "asnorm", "--norm_topk", "3", "--cohort_utterances", "2",
+                     "--embeddings_cache", cache, "--calibration", fitted, score_file=str(tmp_path / "again.txt"))
     again = evaluation.run_evaluation(speaker_net, args)
-    assert "Reusing 30 embeddings" in capsys.readouterr().out
+    assert "Reusing 18 embeddings" in capsys.readouterr().out
     np.testing.assert_allclose([float(r[0]) for r in read_scores(tmp_path / "again.txt")],
                                [float(r[0]) for r in rows], atol=2e-6)
     assert again[tiny_corpus["test_list"]]["eer"] == first[tiny_corpus["test_list"]]["eer"]
 
 
 def test_cosine_snorm_without_score_file(speaker_net, tiny_corpus, tmp_path):
-    args = make_args(tiny_corpus, tmp_path, "--score_norm", "snorm", scoring="cosine", score_file="")
+    args = make_args(tiny_corpus, tmp_path, "--score_norm", "snorm", "--cohort_utterances", "1", scoring="cosine",
+                     score_file="")
     result = evaluation.run_evaluation(speaker_net, args)[tiny_corpus["test_list"]]
     assert 0 <= result["eer"] <= 100 and "cllr" not in result
     assert not list(tmp_path.iterdir())
@@ -92,7 +94,7 @@ def test_bad_settings_fail_before_embedding(speaker_net, tiny_corpus, tmp_path, 
 
 def test_calibration_from_another_set_up_is_refused(speaker_net, tiny_corpus, tmp_path):
     fitted = str(tmp_path / "cal.json")
-    evaluation.run_evaluation(speaker_net, make_args(tiny_corpus, tmp_path, "--fit_calibration", fitted))
+    calibration.Calibration(2.0, 1.0, 0.5, "original", "none", "dev.txt", 5, 5).save(fitted)
     args = make_args(tiny_corpus, tmp_path, "--calibration", fitted, scoring="cosine")
     with pytest.raises(ValueError, match="fitted on --scoring original --score_norm none"):
         evaluation.run_evaluation(speaker_net, args)
