@@ -43,7 +43,8 @@ def loop_centroid(paths, embeddings, mode, normalize):
     return (F.normalize(mean, dim=0) if mode == "cosine" or normalize else mean)[None]
 
 
-@pytest.mark.parametrize("mode, normalize, crops", [("original", True, 4), ("original", False, 1), ("cosine", False, 3)])
+@pytest.mark.parametrize("mode, normalize, crops",
+                         [("original", True, 4), ("original", False, 1), ("cosine", False, 3)])
 @pytest.mark.parametrize("method, top_k", [("asnorm", 3), ("snorm", 6)])
 def test_normalisation_matches_loop(mode, normalize, crops, method, top_k):
     trials, embeddings, cohort_files = make_case(crops)
