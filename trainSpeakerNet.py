@@ -302,6 +302,8 @@ def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.
                 log_line(scorefile, f"Epoch {epoch:d}, TEER/TAcc {traineer:2.2f}, TLOSS {loss:f}, "
                                     f"LR {trainer.last_epoch['lr']:f}", " \n")
                 log_timing(args, epoch, trainer.last_epoch)
+                if dataset.stats.summary():
+                    print(f"Training data so far: {dataset.stats.summary()}")
             if epoch % args.test_interval == 0:
                 eer, min_dcf = evaluate(trainer, args)
                 if context.is_main:

@@ -39,7 +39,7 @@ def reference(tiny_corpus, tmp_path_factory):
 
 def test_sigkill_then_resume_gives_identical_losses(tiny_corpus, tmp_path, reference):
     save_path = tmp_path / "killed"
-    argv = resilient_run(tiny_corpus, save_path)
+    argv = resilient_run(tiny_corpus, save_path, "--checkpoint_minutes", "0.0001")  # a state after every step
     process = start(argv)
     log = save_path / "result" / "scores.txt"
     wait_for(lambda: log.exists() and "Epoch 1," in log.read_text(), process)
@@ -52,26 +52,16 @@ def test_sigkill_then_resume_gives_identical_losses(tiny_corpus, tmp_path, refer
 
 def test_sigterm_saves_mid_epoch_and_resume_continues_there(tiny_corpus, tmp_path, reference):
     save_path = tmp_path / "preempted"
-    argv = resilient_run(tiny_corpus, save_path, "--checkpoint_minutes", "0.0001")
+    argv = resilient_run(tiny_corpus, save_path)
     process = start(argv)
-    state = save_path / "model" / "resume.model"
-
-    def mid_epoch_state_exists():
-        if not state.exists():
-            return False
-        try:
-            return torch.load(state, weights_only=True).get("epoch_totals", {}).get("steps", 0) > 0
-        except Exception:  # being replaced right now
-            return False
-
-    wait_for(mid_epoch_state_exists, process)
+    wait_for(lambda: list((save_path / "result").glob("run*.cmd")), process)  # the handler is installed
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0 and "Stopped by" in output
-    content = torch.load(state, weights_only=True)
-    assert content["epoch_totals"]["steps"] > 0
+    assert process.returncode == 0 and "Stopped by signal" in output
+    content = torch.load(save_path / "model" / "resume.model", weights_only=True)
+    assert content["epoch"] == 0 and content["epoch_totals"]["steps"] >= 1
     resumed = run_cli(argv).stdout
-    assert re.search(r"continuing with epoch \d after its first \d+ batches", resumed)
+    assert f"continuing with epoch 1 after its first {content['epoch_totals']['steps']} batches" in resumed
     assert epoch_log(save_path) == reference
     assert "model000000003.model" in checkpoint_names(save_path)
 
