@@ -340,6 +340,13 @@ def _fitted_calibration(args, trials: Trials, scores: np.ndarray) -> calibration
     return fitted
 
 
+def _make_output_folders(args) -> None:
+    """Create the folders of the score file, calibration and cache outputs before any embedding work."""
+    for path in (args.score_file, _option(args, "fit_calibration"), _option(args, "embeddings_cache")):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
 def score_file_for(score_file: str, list_path: str, several: bool) -> str:
     """The score file of one list: --score_file itself, or with the list's name added when there are several."""
     if not several:
@@ -372,6 +379,7 @@ def run_evaluation(trainer_or_model, args) -> dict[str, dict]:
     check_files_exist(files, args.test_path, ", ".join(trials.path for trials in lists))
     cohort = _cohort(args)
     calibrator = _saved_calibration(args)
+    _make_output_folders(args)
     roots = {args.test_path: files, "": [p for group in cohort.values() for p in group] if cohort else []}
     embeddings = embed_paths(model, roots, args, device, autocast_dtype)
     if dist.is_initialized() and dist.get_rank() != 0:

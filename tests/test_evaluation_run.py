@@ -25,8 +25,8 @@ def make_args(corpus, tmp_path, *flags, **values):
     args = parser.parse_args(list(flags))
     settings = dict(test_list=corpus["test_list"], test_path=corpus["test_path"], train_list=corpus["train_list"],
                     train_path=corpus["train_path"], eval_frames=50, num_eval=3, nDataLoaderThread=0,
-                    scoring="original", score_file=str(tmp_path / "scores.txt"), dcf_p_target=0.05, dcf_c_miss=1,
-                    dcf_c_fa=1)
+                    scoring="original", score_file=str(tmp_path / "out" / "scores.txt"), dcf_p_target=0.05,
+                    dcf_c_miss=1, dcf_c_fa=1)
     settings.update(values)
     for key, value in settings.items():
         setattr(args, key, value)
@@ -58,10 +58,10 @@ def test_several_lists_cache_asnorm_and_calibration(speaker_net, tiny_corpus, tm
     assert "Saved 18 embeddings" in output  # 6 test files + 6 x 2 cohort files, embedded once
     assert set(first) == {tiny_corpus["test_list"], str(second)}
     assert first[str(second)]["trials"] == 7 and first[str(second)]["unlabelled"] == 1
-    main_file = tmp_path / "scores_test_list.txt"
+    main_file = tmp_path / "out" / "scores_test_list.txt"  # the folder is created
     rows = read_scores(main_file)
     assert [row[1:] for row in rows] == [line.split()[1:] for line in lines]
-    assert is_png(tmp_path / "scores_test_list_det.png") and is_png(tmp_path / "scores_second_hist.png")
+    assert is_png(tmp_path / "out" / "scores_test_list_det.png") and is_png(tmp_path / "out" / "scores_second_hist.png")
     # second run: embeddings from the cache, the saved calibration applied -> the same LLRs
     args = make_args(tiny_corpus, tmp_path, "--score_norm", "asnorm", "--norm_topk", "3", "--cohort_utterances", "2",
                      "--embeddings_cache", cache, "--calibration", fitted, score_file=str(tmp_path / "again.txt"))
