@@ -139,18 +139,23 @@ def input_files(source: str, root: str) -> tuple[list[str], str]:
     return files, root
 
 
-def save_embeddings(embeddings: dict[str, np.ndarray], output: str) -> None:
-    """One file -> .npy; several -> .npz keyed by path (temporary file, then rename)."""
-    if output.endswith(".npy"):
-        if len(embeddings) != 1:
-            raise ValueError(f"{len(embeddings)} files cannot go into one .npy; name an .npz output")
-        temporary = output[:-4] + ".tmp.npy"
-        np.save(temporary, next(iter(embeddings.values())))
-    elif output.endswith(".npz"):
-        temporary = output[:-4] + ".tmp.npz"
-        np.savez(temporary, **embeddings)
-    else:
+def check_output(output: str, n_files: int) -> None:
+    """Raise before any embedding work when the output name cannot hold this many files."""
+    if not output.endswith((".npy", ".npz")):
         raise ValueError(f"Output {output} must end in .npy (one file) or .npz (several)")
+    if output.endswith(".npy") and n_files != 1:
+        raise ValueError(f"{n_files} files cannot go into one .npy; name an .npz output")
+
+
+def save_embeddings(embeddings: dict[str, np.ndarray], output: str) -> None:
+    """One file -> .npy; several -> .npz keyed by path (temporary file, then rename; folders created)."""
+    check_output(output, len(embeddings))
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    temporary = output[:-4] + ".tmp" + output[-4:]
+    if output.endswith(".npy"):
+        np.save(temporary, next(iter(embeddings.values())))
+    else:
+        np.savez(temporary, **embeddings)
     os.replace(temporary, output)
 
 
@@ -188,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                                    getattr(args, "calibration", None), **overrides)
         if args.command == "embed":
             files, root = input_files(args.source, args.root)
+            check_output(args.output, len(files))
             embeddings = embedder.embed_files(files, root, args.workers)
             if args.average:
                 embeddings = {name: average_embedding(value) for name, value in embeddings.items()}

@@ -31,7 +31,7 @@ def checkpoint(tmp_path_factory):
 
 def test_embed_file_folder_and_list(checkpoint, tiny_corpus, tmp_path, capsys):
     test_path = tiny_corpus["test_path"]
-    one = tmp_path / "one.npy"
+    one = tmp_path / "new" / "one.npy"
     embedSpeaker.main(["embed", f"{test_path}/id00000/sess0/00000.wav", "--output", str(one),
                        "--initial_model", checkpoint, *MODEL_FLAGS])
     assert np.load(one).shape == (3, 32) and np.load(one).dtype == np.float32
@@ -93,6 +93,9 @@ def test_bad_input(checkpoint, tiny_corpus, tmp_path):
     with pytest.raises(SystemExit, match="cannot go into one .npy"):
         embedSpeaker.main(["embed", tiny_corpus["test_path"], "--output", str(tmp_path / "x.npy"),
                            "--initial_model", checkpoint, *MODEL_FLAGS])
+    with pytest.raises(SystemExit, match="must end in .npy .one file. or .npz"):
+        embedSpeaker.main(["embed", wav, "--output", str(tmp_path / "x.txt"), "--initial_model", checkpoint,
+                           *MODEL_FLAGS])
     with pytest.raises(SystemExit, match="neither an audio file"):
         embedSpeaker.main(["embed", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.npz"),
                            "--initial_model", checkpoint, *MODEL_FLAGS])
