@@ -316,10 +316,21 @@ def _cohort(args) -> dict[str, list[str]] | None:
     return cohort
 
 
-def _saved_calibration(args) -> calibration.Calibration | None:
-    """The --calibration to apply (checked against this run's scoring), read before any embedding work."""
+def _check_settings(args, first: Trials) -> None:
+    """Refuse unknown modes and impossible calibration requests before any embedding work."""
+    if args.scoring not in SCORING_MODES or _option(args, "score_norm") not in scoreNormalization.NORM_MODES:
+        raise ValueError(f"--scoring must be one of {', '.join(SCORING_MODES)} and --score_norm one of "
+                         f"{', '.join(scoreNormalization.NORM_MODES)}; got {args.scoring!r} and "
+                         f"{_option(args, 'score_norm')!r}")
     if _option(args, "fit_calibration") and _option(args, "calibration"):
         raise ValueError("Give either --fit_calibration (fit and save) or --calibration (apply), not both")
+    if _option(args, "fit_calibration") and len(set(first.labels[first.labels >= 0].tolist())) < 2:
+        raise ValueError(f"--fit_calibration needs target (1) and non-target (0) trials in {first.path}, "
+                         "the first --test_list")
+
+
+def _saved_calibration(args) -> calibration.Calibration | None:
+    """The --calibration to apply (checked against this run's scoring), read before any embedding work."""
     path = _option(args, "calibration")
     if not path:
         return None
@@ -370,11 +381,8 @@ def run_evaluation(trainer_or_model, args) -> dict[str, dict]:
     device = getattr(trainer_or_model, "device", next(model.parameters()).device)
     autocast_dtype = getattr(trainer_or_model, "autocast_dtype", None)
     model.eval()
-    if args.scoring not in SCORING_MODES or _option(args, "score_norm") not in scoreNormalization.NORM_MODES:
-        raise ValueError(f"--scoring must be one of {', '.join(SCORING_MODES)} and --score_norm one of "
-                         f"{', '.join(scoreNormalization.NORM_MODES)}; got {args.scoring!r} and "
-                         f"{_option(args, 'score_norm')!r}")
     lists = [read_trials(path) for path in trial_list_paths(args.test_list)]
+    _check_settings(args, lists[0])
     files = sorted({name for trials in lists for name in trials.files})
     check_files_exist(files, args.test_path, ", ".join(trials.path for trials in lists))
     cohort = _cohort(args)

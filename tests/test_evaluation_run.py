@@ -80,15 +80,19 @@ def test_cosine_snorm_without_score_file(speaker_net, tiny_corpus, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--score_norm", "asnorm", "--norm_topk", "300"], "has 6 speakers, fewer than --norm_topk 300"),
-    (["--fit_calibration", "a.json", "--calibration", "b.json"], "either --fit_calibration"),
-    (["--score_norm", "znorm"], "--score_norm one of none, asnorm, snorm; got 'original' and 'znorm'"),
+@pytest.mark.parametrize("flags, message, one_class", [
+    (["--score_norm", "asnorm", "--norm_topk", "300"], "has 6 speakers, fewer than --norm_topk 300", False),
+    (["--fit_calibration", "a.json", "--calibration", "b.json"], "either --fit_calibration", False),
+    (["--score_norm", "znorm"], "--score_norm one of none, asnorm, snorm; got 'original' and 'znorm'", False),
+    (["--fit_calibration", "a.json"], "--fit_calibration needs target .1. and non-target .0. trials", True),
 ])
-def test_bad_settings_fail_before_embedding(speaker_net, tiny_corpus, tmp_path, flags, message, capsys):
-    args = make_args(tiny_corpus, tmp_path, *flags)
+def test_bad_settings_fail_before_embedding(speaker_net, tiny_corpus, tmp_path, flags, message, one_class, capsys):
+    trial_list = tiny_corpus["test_list"]
+    if one_class:
+        trial_list = tmp_path / "non_targets.txt"
+        trial_list.write_text("".join(line for line in open(tiny_corpus["test_list"]) if line.startswith("0")))
     with pytest.raises(ValueError, match=message):
-        evaluation.run_evaluation(speaker_net, args)
+        evaluation.run_evaluation(speaker_net, make_args(tiny_corpus, tmp_path, *flags, test_list=str(trial_list)))
     assert "Embedding" not in capsys.readouterr().err
 
 
