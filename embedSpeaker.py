@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+import arguments
 import calibration
 import checkpoints
 import DatasetLoader
@@ -20,26 +21,20 @@ from SpeakerNet import SpeakerNet
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
-# model-building settings: name -> (type, default); defaults are the trainer's
-MODEL_SETTINGS = {
-    "model": (str, ""), "trainfunc": (str, ""), "encoder_type": (str, "SAP"), "nOut": (int, 512),
-    "n_mels": (int, 40), "log_input": (bool, False), "sinc_stride": (int, 10), "nClasses": (int, 5994),
-    "margin": (float, 0.1), "scale": (float, 30.0), "nPerSpeaker": (int, 1), "eval_frames": (int, 300),
-    "num_eval": (int, 10), "scoring": (str, "original"),
-}
+# the trainer's flags that build and score a model; their types and defaults come from the trainer's parser
+MODEL_SETTINGS = ("model", "trainfunc", "encoder_type", "nOut", "n_mels", "log_input", "sinc_stride", "res2net_scale",
+                  "nClasses", "margin", "scale", "easy_margin", "nPerSpeaker", "eval_frames", "num_eval", "scoring")
+TRAINER_FLAGS = {action.dest: action for action in arguments.build_parser()._actions}
 
 
 def _cast(name: str, value, source: str):
-    """A setting converted to its type; errors name the setting and where it came from."""
-    kind = MODEL_SETTINGS[name][0]
-    if kind is bool and isinstance(value, str):
-        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{source}: {name} must be true or false, got {value!r}")
-        return value.strip().lower() in ("true", "1", "yes")
+    """A setting converted with the trainer flag's type; errors name the setting and where it came from."""
+    kind = TRAINER_FLAGS[name].type
     try:
         return kind(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{source}: {name} must be {kind.__name__}, got {value!r}") from error
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+        raise ValueError(f"{source}: {name} must be {'bool' if kind is arguments.str2bool else kind.__name__}, "
+                         f"got {value!r}") from error
 
 
 def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict) -> dict:
@@ -47,7 +42,7 @@ def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict)
 
     Keys of the checkpoint args and the config that are not in MODEL_SETTINGS (e.g. a model's own options)
     are passed on to the model unchanged."""
-    settings = {name: default for name, (_, default) in MODEL_SETTINGS.items()}
+    settings = {name: TRAINER_FLAGS[name].default for name in MODEL_SETTINGS}
     layers = [(checkpoint_args, "checkpoint args")]
     if config:
         try:
@@ -165,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--initial_model", required=True, help="checkpoint: ours or the original's state_dict")
     common.add_argument("--config", help="the run's config.yaml (model settings)")
     common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    for name, (kind, _) in MODEL_SETTINGS.items():
-        common.add_argument(f"--{name}", type=str if kind is bool else kind, default=None,
+    for name in MODEL_SETTINGS:
+        common.add_argument(f"--{name}", type=str, default=None,
                             help=f"model setting (default: checkpoint args, --config, else the trainer's)")
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

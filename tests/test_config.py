@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-import trainSpeakerNet as entry
+import arguments as entry
 
 ORIGINAL_DEFAULTS = {  # fact sheet section 1.1 (HEAD data paths)
     "max_frames": 200, "eval_frames": 300, "batch_size": 200, "max_seg_per_spk": 500, "nDataLoaderThread": 5,

@@ -6,7 +6,7 @@ import torch
 import torch.multiprocessing as mp
 
 import distributed
-import trainSpeakerNet
+import arguments
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
 from test_train_cli import run_cli, small_run
 
@@ -70,7 +70,7 @@ def test_distributed_cli_training_and_evaluation(tiny_corpus, tmp_path):
     run_cli(small_run(tiny_corpus, tmp_path / "eval", "--eval", "--initial_model", str(checkpoint),
                       "--score_file", str(score_file), "--distributed", "--nproc", "2", "--port", free_port()))
     distributed_scores = [float(line.split()[0]) for line in score_file.read_text().splitlines()]
-    args = trainSpeakerNet.parse_arguments(small_run(tiny_corpus, tmp_path / "eval", "--eval"))
+    args = arguments.parse_arguments(small_run(tiny_corpus, tmp_path / "eval", "--eval"))
     trainer = ModelTrainer(WrappedModel(SpeakerNet(**vars(args))), **dict(vars(args), device=torch.device("cpu")))
     trainer.loadParameters(str(checkpoint), strict_model=True)
     single_scores = trainer.evaluateFromList(**vars(args))[0]

@@ -99,5 +99,5 @@ def test_bad_input(checkpoint, tiny_corpus, tmp_path):
     with pytest.raises(SystemExit, match="neither an audio file"):
         embedSpeaker.main(["embed", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.npz"),
                            "--initial_model", checkpoint, *MODEL_FLAGS])
-    with pytest.raises(SystemExit, match="log_input must be true or false"):
+    with pytest.raises(SystemExit, match="log_input must be bool, got 'maybe'"):
         embedSpeaker.main(["verify", wav, wav, "--initial_model", checkpoint, *MODEL_FLAGS, "--log_input", "maybe"])

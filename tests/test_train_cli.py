@@ -176,14 +176,14 @@ def test_evaluate_from_list_matches_the_score_file(tiny_corpus, tmp_path, traine
     """The original's ModelTrainer.evaluateFromList API gives the --eval scores."""
     import numpy as np
 
-    import trainSpeakerNet
+    import arguments
     from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
 
     checkpoint = str(trained / "model" / "model000000003.model")
     score_file = tmp_path / "scores.txt"
     run_cli(small_run(tiny_corpus, tmp_path / "unused", "--eval", "--initial_model", checkpoint,
                       "--score_file", str(score_file)))
-    args = trainSpeakerNet.parse_arguments(small_run(tiny_corpus, tmp_path / "unused", "--eval"))
+    args = arguments.parse_arguments(small_run(tiny_corpus, tmp_path / "unused", "--eval"))
     trainer = ModelTrainer(WrappedModel(SpeakerNet(**vars(args))), **dict(vars(args), device=torch.device("cpu")))
     trainer.loadParameters(checkpoint, strict_model=True)
     scores, labels, pairs = trainer.evaluateFromList(**vars(args))
