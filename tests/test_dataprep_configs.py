@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import trainSpeakerNet
+import arguments
 
-CONFIGS = sorted((Path(trainSpeakerNet.__file__).resolve().parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(arguments.__file__).resolve().parent / "configs").glob("*.yaml"))
 
 
 def test_the_recipes_are_there():
@@ -18,11 +18,11 @@ def test_the_recipes_are_there():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
 def test_recipe_is_consistent(path):
     config = yaml.safe_load(path.read_text())
-    known = {action.dest for action in trainSpeakerNet.build_parser()._actions}
+    known = {action.dest for action in arguments.build_parser()._actions}
     assert set(config) <= known, f"unknown keys {set(config) - known}"
     importlib.import_module(f"models.{config['model']}")
     loss = importlib.import_module(f"loss.{config['trainfunc']}").LossFunction
     per_speaker = config.get("nPerSpeaker", 1)
     assert loss.min_per_speaker <= per_speaker <= (loss.max_per_speaker or per_speaker)
-    args = trainSpeakerNet.parse_arguments(["--config", str(path)])
+    args = arguments.parse_arguments(["--config", str(path)])
     assert args.model == config["model"] and args.nPerSpeaker == per_speaker
