@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,10 +78,10 @@ def stream(seed: int, *key: int) -> np.random.Generator:
 
 def draw_voice(rng: np.random.Generator) -> Voice:
     """Draw a speaker identity."""
-    f0 = float(np.exp(rng.uniform(np.log(80), np.log(260))))
+    f0 = float(np.exp(rng.uniform(np.log(75), np.log(300))))
     scale = float((f0 / 140.0) ** 0.15 * np.exp(rng.normal(0, 0.08)))
-    vowels = VOWEL_FORMANTS * scale * np.exp(rng.normal(0, 0.12, VOWEL_FORMANTS.shape))
-    return Voice(f0=f0, f0_range=rng.uniform(0.8, 3.5), formant_scale=scale, vowel_formants=vowels,
+    vowels = VOWEL_FORMANTS * scale * np.exp(rng.normal(0, 0.10, VOWEL_FORMANTS.shape))
+    return Voice(f0=f0, f0_range=rng.uniform(0.3, 1.0), formant_scale=scale, vowel_formants=vowels,
                  tilt=rng.uniform(0.55, 0.95), breath=rng.uniform(0.0, 0.35), rate=rng.uniform(3.0, 6.0),
                  sibilant_hz=rng.uniform(3000, 6500), timbre_hz=rng.uniform(2600, 4200) * scale)
 
@@ -98,11 +99,11 @@ def draw_session(rng: np.random.Generator) -> Session:
     """Draw a recording session: microphone band and colouring, level, background noise, mood."""
     low, high = rng.uniform(60, 350), rng.uniform(3200, 7600)
     band = signal.butter(2, [low, high], btype="bandpass", fs=SAMPLE_RATE, output="sos")
-    eq = [peaking_sos(rng.uniform(200, 5000), rng.uniform(-10, 10), rng.uniform(0.7, 2.5)) for _ in range(3)]
+    eq = [peaking_sos(rng.uniform(200, 5000), rng.uniform(-12, 12), rng.uniform(0.7, 2.5)) for _ in range(3)]
     noise_pole = rng.uniform(-0.5, 0.9)
     noise = np.array([[1.0, 0, 0, 1.0, -noise_pole, 0]])
     return Session(channel_sos=np.vstack([band, *eq]), noise_sos=noise, level_db=rng.uniform(-32, -16),
-                   snr_db=rng.uniform(12, 35), f0_shift=rng.normal(0, 0.8), tempo=rng.uniform(0.85, 1.15))
+                   snr_db=rng.uniform(20, 40), f0_shift=rng.normal(0, 0.3), tempo=rng.uniform(0.85, 1.15))
 
 
 def resonator_sos(freqs: np.ndarray, bandwidths: np.ndarray) -> np.ndarray:
@@ -331,6 +332,7 @@ def make_demo_corpus(root: str | Path, seed: int = 0, spec: DemoSpec = DemoSpec(
     if spec.train_speakers < 1 or spec.test_speakers < 2 or spec.sessions < 2:
         raise ValueError("The demo corpus needs >= 1 training speaker, >= 2 test speakers and >= 2 sessions.")
     root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     speakers = range(spec.train_speakers + spec.test_speakers)
     with ProcessPoolExecutor(max_workers=jobs or os.cpu_count()) as pool:
         futures = [pool.submit(render_speaker, root, seed, spec, speaker) for speaker in speakers]
@@ -344,5 +346,6 @@ def make_demo_corpus(root: str | Path, seed: int = 0, spec: DemoSpec = DemoSpec(
     extra = render_augmentation(root, seed, spec.augment_items)
     write_text(marker, [json.dumps(settings, indent=1) + "\n"])
     print(f"Demo corpus ready in {root}: {len(train)} training files of {spec.train_speakers} speakers, "
-          f"{len(trials)} trials over {spec.test_speakers} test speakers, {extra} noise/music/babble/RIR files.")
+          f"{len(trials)} trials over {spec.test_speakers} test speakers, {extra} noise/music/babble/RIR files "
+          f"({time.perf_counter() - started:.0f} s).")
     return root
