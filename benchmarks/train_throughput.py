@@ -309,7 +309,8 @@ def main() -> None:
         if TARGET_MODEL in options.models:
             measure_precisions(root, TARGET_MODEL, rows)
     report = {"machine": machine(), "quick": options.quick, "steps_scale": options.steps_scale,
-              "max_frames": MAX_FRAMES, "workers": WORKERS, "warmup_steps": WARMUP, "seconds": time.perf_counter() - started, "rows": rows}
+              "max_frames": MAX_FRAMES, "workers": WORKERS, "warmup_steps": WARMUP,
+              "seconds": time.perf_counter() - started, "rows": rows}
     if TARGET_MODEL in options.models:
         report["targets"] = targets(rows)
         print_targets(report["targets"])
