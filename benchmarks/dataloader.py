@@ -14,6 +14,7 @@ import numpy as np
 import soundfile
 import torch
 from scipy import signal
+from results_file import save_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -186,11 +187,7 @@ def main() -> None:
     for key in ("cost_ratio_naive_over_ours_augment", "cost_ratio_naive_over_ours_clean",
                 "loader_2_workers_augment_over_model"):
         print(f"{key}: {report[key]:.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    temporary.replace(RESULTS)
-    print(f"wrote {RESULTS}")
+    save_json(RESULTS, report)
 
 
 if __name__ == "__main__":

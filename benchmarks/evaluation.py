@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
+from results_file import save_json  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -95,8 +96,7 @@ def main() -> None:
         "max_abs_embedding_difference": difference,
     }
     print(json.dumps(result, indent=2))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    save_json(RESULTS, result)
 
 
 if __name__ == "__main__":

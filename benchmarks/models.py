@@ -13,6 +13,7 @@ from importlib import import_module
 from pathlib import Path
 
 import torch
+from results_file import save_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -97,11 +98,7 @@ def main() -> None:
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "results": results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    temporary.replace(RESULTS)
-    print(f"wrote {RESULTS}")
+    save_json(RESULTS, report)
 
 
 if __name__ == "__main__":

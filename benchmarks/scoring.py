@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_file import save_json  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -83,8 +84,7 @@ def main() -> None:
     summary = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU",
                "torch_threads": torch.get_num_threads(), "files": args.files, "trials": args.trials,
                "dim": args.dim, "cohort_speakers": 5994, "top_k": 300, "results": results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    save_json(RESULTS, summary)
 
 
 if __name__ == "__main__":

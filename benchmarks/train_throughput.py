@@ -19,6 +19,7 @@ from unittest import mock
 
 import numpy as np
 import torch
+from results_file import save_json
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent))  # before benchmarks/, whose evaluation.py would shadow ours
@@ -260,15 +261,6 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available()}
 
 
-def write_results(report: dict) -> None:
-    """Write the JSON atomically."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    temporary.replace(RESULTS)
-    print(f"wrote {RESULTS}")
-
-
 def print_targets(report: dict) -> None:
     """The three target ratios of the issue, with a verdict each."""
     verdict = {True: "holds", False: "MISSES"}
@@ -314,7 +306,7 @@ def main() -> None:
     if TARGET_MODEL in options.models:
         report["targets"] = targets(rows)
         print_targets(report["targets"])
-    write_results(report)
+    save_json(RESULTS, report)
 
 
 if __name__ == "__main__":
