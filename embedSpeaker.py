@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     for name in MODEL_SETTINGS:
         common.add_argument(f"--{name}", type=str, default=None,
-                            help=f"model setting (default: checkpoint args, --config, else the trainer's)")
+                            help="model setting (default: checkpoint args, --config, else the trainer's)")
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     embed = commands.add_parser("embed", parents=[common], help="embed a file, folder or list of paths")

@@ -1,6 +1,5 @@
 """Train-loader throughput (ours vs. the naive whole-file way) against what ResNetSE34L consumes per second."""
 import argparse
-import json
 import os
 import platform
 import random

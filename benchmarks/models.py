@@ -3,7 +3,6 @@
 Wall time is what a user waits; process CPU time is steadier on a shared machine (use --threads 1 there).
 """
 import argparse
-import json
 import os
 import platform
 import statistics

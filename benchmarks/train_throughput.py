@@ -8,7 +8,6 @@ Writes benchmarks/results/train_throughput.json.
 """
 import argparse
 import itertools
-import json
 import os
 import platform
 import sys

@@ -150,7 +150,6 @@ def test_skip_bad_audio_uses_same_speaker_and_counts(corpus):
     tmp_path, lines = corpus
     corrupt(tmp_path, "spk1/v/2.wav")
     dataset = make_dataset(tmp_path, [line + "\n" for line in lines], skip_bad_audio=True)
-    good = make_dataset(tmp_path, [line + "\n" for line in lines])
     with pytest.warns(UserWarning, match=r"skipping unreadable.*spk1/v/2\.wav"):
         audio, label = dataset[[5, 3]]
     assert label == 1 and dataset.stats.skipped == 1

@@ -1,6 +1,5 @@
 """Exact resume after SIGKILL, SIGTERM checkpointing mid-epoch, and skipping of non-finite steps."""
 import os
-import re
 import signal
 import subprocess
 import sys
