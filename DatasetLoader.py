@@ -326,14 +326,16 @@ class train_dataset_sampler(torch.utils.data.Sampler):
 class test_dataset_loader(torch.utils.data.Dataset):
     """Evaluation crops of files given relative to `test_path` -> (`[num_eval, samples]`, relative path)."""
 
-    def __init__(self, test_list: list[str], test_path: str, eval_frames: int, num_eval: int, **kwargs):
+    def __init__(self, test_list: list[str], test_path: str, eval_frames: int, num_eval: int,
+                 check_files: bool = True, **kwargs):
         self.test_list = list(test_list)
         self.test_path = test_path
         self.max_frames = eval_frames
         self.num_eval = num_eval
         self.stats = LoaderStats()
-        full_paths = [os.path.join(test_path, name) for name in self.test_list]
-        check_files_exist(full_paths, "the trial list", "--test_path", test_path)
+        if check_files:  # False when the caller has already checked them
+            full_paths = [os.path.join(test_path, name) for name in self.test_list]
+            check_files_exist(full_paths, "the trial list", "--test_path", test_path)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         path = os.path.join(self.test_path, self.test_list[index])

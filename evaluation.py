@@ -110,11 +110,14 @@ def _same_shape_runs(items: list) -> list[list]:
 def extract_embeddings(model, files: list[str], test_path: str, eval_frames: int, num_eval: int, num_workers: int,
                        device: torch.device | str, autocast_dtype: torch.dtype | None = None,
                        files_per_batch: int = 16) -> dict[str, torch.Tensor]:
-    """Embed every file (crops of several files per forward pass); returns CPU float32 `[n_crops, D]` per file."""
+    """Embed every file (crops of several files per forward pass); returns CPU float32 `[n_crops, D]` per file.
+
+    The files must exist: callers check them first (check_files_exist), before any other work."""
     device = torch.device(device)
     if eval_frames == 0:  # whole utterances: sort by length so equal lengths share a forward pass
         files = sorted(files, key=lambda name: _audio_length(os.path.join(test_path, name)))
-    dataset = DatasetLoader.test_dataset_loader(files, test_path, eval_frames=eval_frames, num_eval=num_eval)
+    dataset = DatasetLoader.test_dataset_loader(files, test_path, eval_frames=eval_frames, num_eval=num_eval,
+                                                check_files=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=files_per_batch, shuffle=False, num_workers=num_workers,
                                          collate_fn=_float32_items, pin_memory=device.type == "cuda",
                                          worker_init_fn=DatasetLoader.worker_init_fn)
