@@ -101,6 +101,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def place_on(net: nn.Module, device: torch.device) -> nn.Module:
+    """Move net to device; on a CPU its 4-D weights go channels_last, which makes the convolutions of an
+    evaluation forward pass about 1.2x faster there (benchmarks/evaluation.py) and training no slower."""
+    net = net.to(device)
+    return net.to(memory_format=torch.channels_last) if device.type == "cpu" else net
+
+
 def cpu_has_fast_bfloat16() -> bool:
     """True when the CPU has AMX or AVX512-BF16 units, where bfloat16 autocast is faster than float32."""
     try:

@@ -17,7 +17,7 @@ import calibration
 import checkpoints
 import DatasetLoader
 import evaluation
-from SpeakerNet import SpeakerNet
+from SpeakerNet import SpeakerNet, place_on
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
@@ -74,7 +74,7 @@ class SpeakerEmbedder:
         saved_args = content.get("args", {}) if isinstance(content.get("args"), dict) else {}
         self.settings = resolve_settings(saved_args, config, overrides)
         self.device = torch.device(device)
-        self.net = SpeakerNet(**dict(self.settings, optimizer="adam")).to(self.device).eval()
+        self.net = place_on(SpeakerNet(**dict(self.settings, optimizer="adam")), self.device).eval()
         report = checkpoints.load_weights(self.net, checkpoints.model_weights(content, checkpoint), checkpoint)
         if report.missing_in("__S__.") or report.mismatched_in("__S__."):
             raise checkpoints.CheckpointError(

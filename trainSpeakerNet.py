@@ -23,7 +23,7 @@ import distributed
 import evaluation
 from arguments import parse_arguments, resolved_config
 from SpeakerNet import (ModelTrainer, NonFiniteLossError, PluginError, ResumePoint, RunControl, SpeakerNet,
-                        WrappedModel, check_per_speaker, resolve_device)
+                        WrappedModel, check_per_speaker, place_on, resolve_device)
 
 def write_run_record(args: argparse.Namespace) -> None:
     """Snapshot of the top-level code (.zip), the Namespace (.cmd) and the resolved config (YAML)."""
@@ -161,7 +161,7 @@ def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
             torch.cuda.set_device(device)
         distributed.init_process_group(context, device, args.port)
     seed_everything(args.seed)
-    speaker_net = SpeakerNet(**vars(args)).to(device)
+    speaker_net = place_on(SpeakerNet(**vars(args)), device)
     if context.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             speaker_net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)

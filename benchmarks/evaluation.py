@@ -1,5 +1,6 @@
-"""Embedding extraction for evaluation: ours (many files per forward) vs the original's one file per forward."""
+"""Embedding extraction for evaluation: ours (trainer's placement, batching and loader) vs the original's loop."""
 import argparse
+import copy
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "evaluation.json"
 
 import DatasetLoader  # noqa: E402
 import evaluation  # noqa: E402
-from SpeakerNet import SpeakerNet  # noqa: E402
+from SpeakerNet import SpeakerNet, autocast_dtype, place_on  # noqa: E402
 
 
 def generate(root: Path, count: int) -> list[str]:
@@ -61,27 +62,34 @@ def main() -> None:
     parser.add_argument("--eval_frames", type=int, default=400)
     parser.add_argument("--num_eval", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--files_per_batch", type=int, default=16)
+    parser.add_argument("--files_per_batch", type=int, default=0, help="ours; 0: the evaluation's default")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--mixedprec", action="store_true", help="ours with float16 autocast (CUDA)")
+    parser.add_argument("--mixedprec", action="store_true",
+                        help="ours with the trainer's --mixedprec precision (float16 on CUDA, bfloat16 on CPUs with "
+                             "AMX or AVX512-BF16)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of both paths (median kept)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    files_per_batch = args.files_per_batch or evaluation.default_files_per_batch(device, args.eval_frames,
+                                                                                 args.num_eval)
     torch.manual_seed(0)
     net = SpeakerNet(model="ResNetSE34L", optimizer="adam", trainfunc="angleproto", nPerSpeaker=1, nOut=512,
-                     log_input=True, encoder_type="SAP", n_mels=40).to(device).eval()
+                     log_input=True, encoder_type="SAP", n_mels=40).eval()
+    our_net = place_on(copy.deepcopy(net), device)  # as trainSpeakerNet.py and embedSpeaker.py place it
+    net = net.to(device)
     with tempfile.TemporaryDirectory() as folder:
         files = generate(Path(folder), args.files)
         warm = files[:2]
+        dtype = autocast_dtype(device, args.mixedprec)
         original_path(net, warm, folder, args.eval_frames, args.num_eval, 0, device)
-        dtype = torch.float16 if args.mixedprec else None
+        evaluation.extract_embeddings(our_net, warm, folder, args.eval_frames, args.num_eval, 0, device, dtype)
         original_times, our_times = [], []
         for _ in range(args.repeats):  # alternate, so that a change in machine load hits both paths
             reference, seconds = timed(original_path, net, files, folder, args.eval_frames, args.num_eval,
                                        args.workers, device)
             original_times.append(seconds)
-            ours, seconds = timed(evaluation.extract_embeddings, net, files, folder, args.eval_frames,
-                                  args.num_eval, args.workers, device, dtype, args.files_per_batch)
+            ours, seconds = timed(evaluation.extract_embeddings, our_net, files, folder, args.eval_frames,
+                                  args.num_eval, args.workers, device, dtype, files_per_batch)
             our_times.append(seconds)
     original_seconds, our_seconds = float(np.median(original_times)), float(np.median(our_times))
     difference = max(float((ours[name] - reference[name]).abs().max()) for name in files)
@@ -89,8 +97,8 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                    f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU'}",
         "device": str(device), "torch_threads": torch.get_num_threads(), "files": args.files,
-        "crops": f"{args.num_eval} x {args.eval_frames} frames", "files_per_batch": args.files_per_batch,
-        "workers": args.workers, "mixedprec": args.mixedprec,
+        "crops": f"{args.num_eval} x {args.eval_frames} frames", "files_per_batch": files_per_batch,
+        "workers": args.workers, "precision": str(dtype or torch.float32),
         "original_files_per_s": args.files / original_seconds, "ours_files_per_s": args.files / our_seconds,
         "speedup": original_seconds / our_seconds, "original_seconds": original_times, "our_seconds": our_times,
         "max_abs_embedding_difference": difference,

@@ -187,3 +187,32 @@ def test_trial_list_paths_accepts_commas_and_yaml_lists():
     assert evaluation.trial_list_paths("a.txt") == ["a.txt"]
     assert evaluation.trial_list_paths("a.txt, b.txt,") == ["a.txt", "b.txt"]
     assert evaluation.trial_list_paths(["a.txt", "b.txt"]) == ["a.txt", "b.txt"]
+
+
+def test_files_per_forward_pass_defaults():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert evaluation.default_files_per_batch(cpu, 400, 10) == 1  # 10 crops per file: one file per pass
+    assert evaluation.default_files_per_batch(cpu, 200, 4) == 4
+    assert evaluation.default_files_per_batch(cpu, 400, 32) == 1
+    assert evaluation.default_files_per_batch(cpu, 0, 10) == 16  # whole utterances: one crop per file
+    assert evaluation.default_files_per_batch(gpu, 400, 10) == 16
+
+
+def test_cpu_placement_is_channels_last_and_keeps_embeddings_and_checkpoints(tmp_path):
+    from SpeakerNet import SpeakerNet, place_on
+
+    torch.manual_seed(0)
+    settings = dict(model="ResNetSE34L", optimizer="adam", trainfunc="angleproto", nPerSpeaker=2, nOut=32,
+                    encoder_type="SAP", n_mels=40, log_input=True)
+    plain = SpeakerNet(**settings).eval()
+    placed = place_on(SpeakerNet(**settings), torch.device("cpu")).eval()
+    placed.load_state_dict(plain.state_dict())
+    conv = placed.__S__.layer1[0].conv1.weight  # 16 input channels: the two layouts differ
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    audio = torch.randn(3, 16240, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(placed(audio), plain(audio), rtol=1e-5, atol=1e-5)
+        torch.save(placed.state_dict(), tmp_path / "placed.model")
+        fresh = SpeakerNet(**settings).eval()
+        fresh.load_state_dict(torch.load(tmp_path / "placed.model", weights_only=True))
+        torch.testing.assert_close(fresh(audio), plain(audio), rtol=1e-5, atol=1e-5)
