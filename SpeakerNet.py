@@ -344,19 +344,22 @@ class ModelTrainer:
 
     def loadParameters(self, path: str, strict_model: bool = False) -> checkpoints.LoadReport:
         """Load model weights (any accepted format); with strict_model, every `__S__` tensor must fit."""
-        content = checkpoints.read_checkpoint(path)
-        report = checkpoints.load_weights(self.__model__.module, checkpoints.model_weights(content, path), path)
-        print(report.text())
+        report = self._load_model_weights(checkpoints.read_checkpoint(path), path)
         if strict_model and (report.missing_in("__S__.") or report.mismatched_in("__S__.")):
             raise checkpoints.CheckpointError(
                 f"Checkpoint {path} does not fit the model built from the flags (see the list above); "
                 "check --model, --encoder_type, --n_mels, --nOut and --log_input")
         return report
 
-    def resume(self, path: str, content: dict) -> ResumePoint:
-        """Restore model, optimizer, scheduler, scaler and RNG states from a checkpoint read from `path`."""
+    def _load_model_weights(self, content: dict, path: str) -> checkpoints.LoadReport:
+        """Load the model weights of a checkpoint read from `path` and print what did not fit."""
         report = checkpoints.load_weights(self.__model__.module, checkpoints.model_weights(content, path), path)
         print(report.text())
+        return report
+
+    def resume(self, path: str, content: dict) -> ResumePoint:
+        """Restore model, optimizer, scheduler, scaler and RNG states from a checkpoint read from `path`."""
+        self._load_model_weights(content, path)
         if "optimizer_state_dict" not in content:  # the original's bare state_dict: replay the scheduler
             epoch = checkpoints.epoch_of(path)
             for _ in range(epoch):
