@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def hz_to_mel(hz):
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray | float:
     """HTK mel scale."""
     return 2595 * np.log10(1 + hz / 700)
 
 
-def mel_to_hz(mel):
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray | float:
     """Inverse of `hz_to_mel`."""
     return 700 * (10 ** (mel / 2595) - 1)
 
