@@ -62,6 +62,13 @@ def check_per_speaker(trainfunc: str, loss: nn.Module, nPerSpeaker: int) -> None
         raise PluginError(f"Loss '{trainfunc}' needs --nPerSpeaker {accepted}, got {nPerSpeaker}")
 
 
+def check_classes(trainfunc: str, loss: nn.Module, nClasses: int, speakers: int, train_list: str) -> None:
+    """Stop early when a classifying loss has fewer outputs than the train list has speakers (original's #158)."""
+    if getattr(loss, "classifies_speakers", False) and nClasses < speakers:
+        raise PluginError(f"Loss '{trainfunc}' has --nClasses {nClasses} outputs, fewer than the {speakers} "
+                          f"speakers in {train_list}; set --nClasses {speakers}")
+
+
 class SpeakerNet(nn.Module):
     """The embedding model `__S__` and the training loss `__L__` (the original's state_dict keys)."""
 

@@ -23,7 +23,7 @@ import distributed
 import evaluation
 from arguments import parse_arguments, resolved_config
 from SpeakerNet import (ModelTrainer, NonFiniteLossError, PluginError, ResumePoint, RunControl, SpeakerNet,
-                        WrappedModel, check_per_speaker, place_on, resolve_device)
+                        WrappedModel, check_classes, check_per_speaker, place_on, resolve_device)
 
 def write_run_record(args: argparse.Namespace) -> None:
     """Snapshot of the top-level code (.zip), the Namespace (.cmd) and the resolved config (YAML)."""
@@ -94,6 +94,8 @@ def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.
     """The epoch loop: train, log, and every test_interval epochs evaluate and save (rank 0 writes)."""
     check_per_speaker(args.trainfunc, trainer.__model__.module.__L__, args.nPerSpeaker)
     dataset = DatasetLoader.train_dataset_loader(**vars(args))
+    check_classes(args.trainfunc, trainer.__model__.module.__L__, args.nClasses, len(dataset.speakers),
+                  args.train_list)
     sampler = DatasetLoader.train_dataset_sampler(dataset, **dict(vars(args), rank=context.rank,
                                                                    world_size=context.world_size))
     point = ResumePoint()

@@ -13,6 +13,7 @@ class LossFunction(nn.Module):
 
     min_per_speaker = 1
     max_per_speaker: int | None = 1
+    classifies_speakers = True  # has one output per training speaker: needs --nClasses >= speakers
 
     def __init__(self, nOut: int, nClasses: int, margin: float = 0.3, scale: float = 15, **kwargs) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ class LossFunction(nn.Module):
 
     min_per_speaker = 2
     max_per_speaker: int | None = 2
+    classifies_speakers = True  # has one output per training speaker: needs --nClasses >= speakers
 
     def __init__(self, **kwargs) -> None:
         super().__init__()

@@ -147,6 +147,17 @@ def test_plugin_errors_name_the_choices(tiny_corpus, tmp_path):
     assert result.returncode != 0 and "Loss 'angleproto' needs --nPerSpeaker 2 or more, got 1" in result.stderr
 
 
+@pytest.mark.parametrize("trainfunc, n_per_speaker", [("aamsoftmax", "1"), ("softmaxproto", "2")])
+def test_too_few_classes_for_the_speakers_is_a_clear_error(tiny_corpus, tmp_path, trainfunc, n_per_speaker):
+    argv = small_run(tiny_corpus, tmp_path / "x", "--trainfunc", trainfunc, "--nPerSpeaker", n_per_speaker,
+                     "--nClasses", "5")
+    result = run_cli(argv, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert (f"Loss '{trainfunc}' has --nClasses 5 outputs, fewer than the 6 speakers in "
+            f"{tiny_corpus['train_list']}; set --nClasses 6") in result.stderr
+    assert not list((tmp_path / "x" / "model").glob("*.model"))
+
+
 def test_dropped_in_plugins_work_by_name(tiny_corpus, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(PROJECT_ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "tests", "data", "exps",
