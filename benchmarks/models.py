@@ -30,6 +30,7 @@ CONFIGS = [
     ("VGGVox40 TAP", "VGGVox", {"encoder_type": "TAP"}),
     ("VGGVox40 MAX", "VGGVox", {"encoder_type": "MAX"}),
     ("ResNetSE34 (Thin) SAP", "ResNetSE34", {"encoder_type": "SAP"}),
+    ("RawNet3 ECA (raw waveform)", "RawNet3", {"encoder_type": "ECA"}),
 ]
 
 
