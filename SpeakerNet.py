@@ -62,6 +62,15 @@ def check_per_speaker(trainfunc: str, loss: nn.Module, nPerSpeaker: int) -> None
         raise PluginError(f"Loss '{trainfunc}' needs --nPerSpeaker {accepted}, got {nPerSpeaker}")
 
 
+def build_plugin(folder: str, name: str, kwargs: dict) -> nn.Module:
+    """Construct a plug-in; a setting it rejects (a ValueError) becomes a PluginError naming it."""
+    factory = load_plugin(folder, name)
+    try:
+        return factory(**kwargs)
+    except ValueError as error:
+        raise PluginError(f"{folder}/{name}.py: {error}") from error
+
+
 def check_classes(trainfunc: str, loss: nn.Module, nClasses: int, speakers: int, train_list: str) -> None:
     """Stop early when a classifying loss has fewer outputs than the train list has speakers (original's #158)."""
     if getattr(loss, "classifies_speakers", False) and nClasses < speakers:
@@ -74,8 +83,8 @@ class SpeakerNet(nn.Module):
 
     def __init__(self, model: str, optimizer: str, trainfunc: str, nPerSpeaker: int, **kwargs):
         super().__init__()
-        self.__S__ = load_plugin("models", model)(**kwargs)
-        self.__L__ = load_plugin("loss", trainfunc)(**kwargs)
+        self.__S__ = build_plugin("models", model, kwargs)
+        self.__L__ = build_plugin("loss", trainfunc, kwargs)
         self.nPerSpeaker = nPerSpeaker
 
     def forward(self, data: torch.Tensor, label: torch.Tensor | None = None):

@@ -145,6 +145,9 @@ def test_plugin_errors_name_the_choices(tiny_corpus, tmp_path):
     assert result.returncode != 0 and "--model got 'ResNet999'" in result.stderr and "ResNetSE34L" in result.stderr
     result = run_cli(small_run(tiny_corpus, tmp_path / "y", "--nPerSpeaker", "1"), check=False)
     assert result.returncode != 0 and "Loss 'angleproto' needs --nPerSpeaker 2 or more, got 1" in result.stderr
+    result = run_cli(small_run(tiny_corpus, tmp_path / "z", "--model", "RawNet3"), check=False)  # default SAP
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "models/RawNet3.py: RawNet3: undefined encoder_type 'SAP'; choose one of ECA, ASP" in result.stderr
 
 
 @pytest.mark.parametrize("trainfunc, n_per_speaker", [("aamsoftmax", "1"), ("softmaxproto", "2")])
