@@ -4,6 +4,7 @@ Generates 4-10 s utterances with MUSAN/RIR folders in the real layout, then meas
 data-wait share after a warm-up step for: our real path (ModelTrainer.train_network over trainSpeakerNet's epoch
 DataLoader with 2 workers, the trainer's precision), the same train step on batches already in memory, and the
 original's way (whole-file reads, scipy full RIR convolution, one worker, float32, loss.item() every step).
+On a GPU (`--device cuda`, the default when PyTorch sees one) our path is also measured with --mixedprec.
 Writes benchmarks/results/train_throughput.json.
 """
 import argparse
@@ -50,7 +51,8 @@ class Batches:
         return self.count
 
 
-def training_args(root: Path, model: str, augment: bool, batch_size: int, workers: int) -> argparse.Namespace:
+def training_args(root: Path, model: str, augment: bool, batch_size: int, workers: int,
+                  device: str) -> argparse.Namespace:
     """The trainer's namespace, parsed by trainSpeakerNet's own parser (so every default is the real one)."""
     setup = MODELS[model]
     return trainSpeakerNet.parse_arguments([
@@ -59,18 +61,28 @@ def training_args(root: Path, model: str, augment: bool, batch_size: int, worker
         "--batch_size", str(batch_size), "--max_frames", str(MAX_FRAMES), "--nDataLoaderThread", str(workers),
         "--augment", str(augment), "--train_list", str(root / "train_list.txt"), "--train_path", str(root / "wav"),
         "--musan_path", str(root / "musan_split"), "--rir_path", str(root / "rirs"),
-        "--save_path", str(root / "exp"), "--device", "cpu"])
+        "--save_path", str(root / "exp"), "--device", device])
 
 
-def build_trainer(args: argparse.Namespace, bfloat16: bool) -> SpeakerNet.ModelTrainer:
-    """A ModelTrainer as trainSpeakerNet builds it; bfloat16 forces the CPU bf16 autocast path on."""
+def build_trainer(args: argparse.Namespace, mixedprec: bool) -> SpeakerNet.ModelTrainer:
+    """A ModelTrainer as trainSpeakerNet builds it; mixedprec: float16 on CUDA, bfloat16 forced on a CPU."""
+    device = torch.device(args.device)
     trainSpeakerNet.seed_everything(args.seed)
-    model = SpeakerNet.WrappedModel(SpeakerNet.place_on(SpeakerNet.SpeakerNet(**vars(args)), torch.device("cpu")))
-    with mock.patch.object(SpeakerNet, "cpu_has_fast_bfloat16", return_value=bfloat16):
-        trainer = SpeakerNet.ModelTrainer(model, **dict(vars(args), mixedprec=bfloat16,
-                                                        device=torch.device("cpu")))
-    assert trainer.autocast_dtype == (torch.bfloat16 if bfloat16 else None)
+    model = SpeakerNet.WrappedModel(SpeakerNet.place_on(SpeakerNet.SpeakerNet(**vars(args)), device))
+    with mock.patch.object(SpeakerNet, "cpu_has_fast_bfloat16", return_value=mixedprec):
+        trainer = SpeakerNet.ModelTrainer(model, **dict(vars(args), mixedprec=mixedprec, device=device))
+    assert trainer.autocast_dtype == (reduced_precision(device) if mixedprec else None)
     return trainer
+
+
+def reduced_precision(device: torch.device) -> torch.dtype:
+    """The autocast type of --mixedprec on this device."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def precision_name(trainer: SpeakerNet.ModelTrainer) -> str:
+    """float32, float16 or bfloat16: the precision a trainer computes in."""
+    return str(trainer.autocast_dtype or torch.float32).replace("torch.", "")
 
 
 def quiet(function, *args, **kwargs):
@@ -108,16 +120,16 @@ def compute_only(trainer: SpeakerNet.ModelTrainer, batches: list, steps: int) ->
     return with_cpu_time(lambda: trained_epoch(trainer, [batches[step % len(batches)] for step in range(steps)]))
 
 
-def original_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader) -> dict:
+def original_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader, device: torch.device) -> dict:
     """The original's train_network loop: float32, a host synchronisation (.item()) every step."""
     model.train()
     loss, top1, samples, data_wait = 0.0, 0.0, 0, 0.0
     started = waiting_since = time.perf_counter()
     for data, data_label in loader:
         data_wait += time.perf_counter() - waiting_since
-        data = data.transpose(1, 0)
+        data = data.transpose(1, 0).to(device)
         model.zero_grad()
-        label = torch.LongTensor(data_label)
+        label = torch.LongTensor(data_label).to(device)
         nloss, prec1 = model(data, label)
         nloss.backward()
         optimizer.step()
@@ -139,8 +151,8 @@ def originals_way(trainer: SpeakerNet.ModelTrainer, dataset, sampler, args: argp
     model = trainer.__model__
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     iterator = iter(loader)
-    original_steps(model, optimizer, Batches(iterator, WARMUP))
-    timing = with_cpu_time(lambda: original_steps(model, optimizer, Batches(iterator, steps)))
+    original_steps(model, optimizer, Batches(iterator, WARMUP), trainer.device)
+    timing = with_cpu_time(lambda: original_steps(model, optimizer, Batches(iterator, steps), trainer.device))
     del iterator
     return timing
 
@@ -182,15 +194,16 @@ def row(model: str, path: str, augment: bool | None, precision: str, batch_size:
     return result
 
 
-def measure_model(root: Path, model: str, steps: int, rows: list, repeats: int) -> None:
+def measure_model(root: Path, model: str, steps: int, rows: list, repeats: int, device: str) -> None:
     """Our path, compute-only and the original's way for one model, with and without augmentation.
 
     The target configuration's rows are measured `repeats` times in turn, so that a change in machine load
-    hits every path."""
+    hits every path. On a GPU our path is also measured with --mixedprec (float16)."""
     batch_size = MODELS[model]["batch_size"]
-    trainer = quiet(build_trainer, training_args(root, model, False, batch_size, WORKERS), False)
+    trainer = quiet(build_trainer, training_args(root, model, False, batch_size, WORKERS, device), False)
+    mixed = quiet(build_trainer, training_args(root, model, False, batch_size, WORKERS, device), True)
     for augment in (True, False):
-        args = training_args(root, model, augment, batch_size, WORKERS)
+        args = training_args(root, model, augment, batch_size, WORKERS, device)
         dataset, sampler = training_data(args, WARMUP + steps)
         target = augment and model == TARGET_MODEL
         for _ in range(repeats if target else 1):
@@ -199,6 +212,9 @@ def measure_model(root: Path, model: str, steps: int, rows: list, repeats: int) 
                                 compute_only(trainer, in_memory_batches(dataset, sampler, batch_size), steps)))
             rows.append(row(model, "ours", augment, "float32", batch_size, steps,
                             ours(trainer, dataset, sampler, args, steps)))
+            if device == "cuda":
+                rows.append(row(model, "ours", augment, precision_name(mixed), batch_size, steps,
+                                ours(mixed, dataset, sampler, args, steps)))
             if target:
                 one_worker = argparse.Namespace(**dict(vars(args), nDataLoaderThread=1))
                 rows.append(row(model, "ours, 1 worker", augment, "float32", batch_size, steps,
@@ -207,14 +223,14 @@ def measure_model(root: Path, model: str, steps: int, rows: list, repeats: int) 
                             originals_way(trainer, dataset, sampler, args, steps)))
 
 
-def measure_precisions(root: Path, model: str, rows: list) -> None:
-    """float32 vs bfloat16 autocast of the in-memory train step (small batch: bf16 is slow without bf16 units)."""
-    args = training_args(root, model, False, PRECISION_BATCH, WORKERS)
+def measure_precisions(root: Path, model: str, rows: list, device: str) -> None:
+    """float32 vs --mixedprec autocast of the in-memory train step (small batch: bf16 is slow without bf16 units)."""
+    args = training_args(root, model, False, PRECISION_BATCH, WORKERS, device)
     dataset, sampler = training_data(args, 2)
     batches = in_memory_batches(dataset, sampler, PRECISION_BATCH, 2)
-    for bfloat16 in (False, True):
-        trainer = quiet(build_trainer, args, bfloat16)
-        rows.append(row(model, "compute-only (precision probe)", None, "bfloat16" if bfloat16 else "float32",
+    for mixedprec in (False, True):
+        trainer = quiet(build_trainer, args, mixedprec)
+        rows.append(row(model, "compute-only (precision probe)", None, precision_name(trainer),
                         PRECISION_BATCH, PRECISION_STEPS, compute_only(trainer, batches, PRECISION_STEPS)))
 
 
@@ -251,9 +267,14 @@ def targets(rows: list) -> dict:
             "data_wait_share": wait, "data_wait_ok": wait < 0.10,
             "ours_over_compute_only": mine / limit, "ours_over_compute_only_ok": mine / limit >= 0.9,
             "ours_over_originals_way": mine / original, "ours_over_originals_way_ok": mine / original >= 2}
+    reduced = next(result["precision"] for result in rows
+                   if result["path"] == "compute-only (precision probe)" and result["precision"] != "float32")
     probe = {precision: samples_per_second(rows, "compute-only (precision probe)", None, precision)
-             for precision in ("float32", "bfloat16")}
-    report["bfloat16_over_float32"] = probe["bfloat16"] / probe["float32"]
+             for precision in ("float32", reduced)}
+    report["reduced_precision"] = reduced
+    report["reduced_over_float32"] = probe[reduced] / probe["float32"]
+    if any(result["path"] == "ours" and result["precision"] == reduced for result in rows):  # on a GPU
+        report["ours_mixedprec_over_originals_way"] = samples_per_second(rows, "ours", True, reduced) / original
     return report
 
 
@@ -267,7 +288,8 @@ def machine() -> dict:
     return {"cpu": names[0] if names else platform.processor(), "cpu_count": os.cpu_count(),
             "avx512_bf16": "avx512_bf16" in cpuinfo, "amx_bf16": "amx_bf16" in cpuinfo,
             "trainer_enables_bf16": SpeakerNet.cpu_has_fast_bfloat16(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available()}
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def print_targets(report: dict) -> None:
@@ -281,7 +303,10 @@ def print_targets(report: dict) -> None:
               f"(>= 0.9: {verdict[values['ours_over_compute_only_ok']]}); "
               f"ours/original's way {values['ours_over_originals_way']:.2f} "
               f"(>= 2: {verdict[values['ours_over_originals_way_ok']]})")
-    print(f"bfloat16 autocast / float32 train step: {report['bfloat16_over_float32']:.2f}x the samples/s")
+    print(f"{report['reduced_precision']} autocast / float32 train step: {report['reduced_over_float32']:.2f}x "
+          "the samples/s")
+    if "ours_mixedprec_over_originals_way" in report:
+        print(f"ours with --mixedprec / original's way: {report['ours_mixedprec_over_originals_way']:.2f}")
 
 
 def main() -> None:
@@ -294,6 +319,8 @@ def main() -> None:
                         help="scales the timed steps per measurement (24 for ResNetSE34L, 10 for ResNetSE34V2)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure the target configuration's paths this many times in turn (medians kept)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                        help="where to train (default: cuda when PyTorch sees a GPU)")
     parser.add_argument("--data", default="", help="folder for the generated corpus, reused when present "
                                                    "(default: a temporary folder)")
     parser.add_argument("--speakers", type=int, default=120, help="generated speakers (default 120)")
@@ -308,11 +335,11 @@ def main() -> None:
               "load avg |\n|---|---|---|---|---|---:|---:|---:|---:|")
         for model in options.models:
             steps = 2 if options.quick else max(2, round(options.steps_scale * MODELS[model]["steps"]))
-            measure_model(root, model, steps, rows, options.repeats)
+            measure_model(root, model, steps, rows, options.repeats, options.device)
         if TARGET_MODEL in options.models:
-            measure_precisions(root, TARGET_MODEL, rows)
-    report = {"machine": machine(), "quick": options.quick, "steps_scale": options.steps_scale,
-              "repeats": options.repeats, "max_frames": MAX_FRAMES, "workers": WORKERS, "warmup_steps": WARMUP,
+            measure_precisions(root, TARGET_MODEL, rows, options.device)
+    report = {"machine": machine(), "device": options.device, "quick": options.quick,
+              "steps_scale": options.steps_scale, "repeats": options.repeats, "max_frames": MAX_FRAMES, "workers": WORKERS, "warmup_steps": WARMUP,
               "seconds": time.perf_counter() - started, "rows": rows}
     if TARGET_MODEL in options.models:
         report["targets"] = targets(rows)
