@@ -339,7 +339,8 @@ def main() -> None:
         if TARGET_MODEL in options.models:
             measure_precisions(root, TARGET_MODEL, rows, options.device)
     report = {"machine": machine(), "device": options.device, "quick": options.quick,
-              "steps_scale": options.steps_scale, "repeats": options.repeats, "max_frames": MAX_FRAMES, "workers": WORKERS, "warmup_steps": WARMUP,
+              "steps_scale": options.steps_scale, "repeats": options.repeats, "max_frames": MAX_FRAMES,
+              "workers": WORKERS, "warmup_steps": WARMUP,
               "seconds": time.perf_counter() - started, "rows": rows}
     if TARGET_MODEL in options.models:
         report["targets"] = targets(rows)
