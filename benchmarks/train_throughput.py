@@ -110,7 +110,6 @@ def ours(trainer: SpeakerNet.ModelTrainer, dataset, sampler, args: argparse.Name
     iterator = iter(trainSpeakerNet.epoch_loader(dataset, sampler, args))
     trained_epoch(trainer, Batches(iterator, WARMUP))
     timing = with_cpu_time(lambda: trained_epoch(trainer, Batches(iterator, steps)))
-    del iterator  # stops the workers
     return timing
 
 
@@ -153,7 +152,6 @@ def originals_way(trainer: SpeakerNet.ModelTrainer, dataset, sampler, args: argp
     iterator = iter(loader)
     original_steps(model, optimizer, Batches(iterator, WARMUP), trainer.device)
     timing = with_cpu_time(lambda: original_steps(model, optimizer, Batches(iterator, steps), trainer.device))
-    del iterator
     return timing
 
 
