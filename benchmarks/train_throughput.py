@@ -71,13 +71,8 @@ def build_trainer(args: argparse.Namespace, mixedprec: bool) -> SpeakerNet.Model
     model = SpeakerNet.WrappedModel(SpeakerNet.place_on(SpeakerNet.SpeakerNet(**vars(args)), device))
     with mock.patch.object(SpeakerNet, "cpu_has_fast_bfloat16", return_value=mixedprec):
         trainer = SpeakerNet.ModelTrainer(model, **dict(vars(args), mixedprec=mixedprec, device=device))
-    assert trainer.autocast_dtype == (reduced_precision(device) if mixedprec else None)
+        assert trainer.autocast_dtype == SpeakerNet.autocast_dtype(device, mixedprec)
     return trainer
-
-
-def reduced_precision(device: torch.device) -> torch.dtype:
-    """The autocast type of --mixedprec on this device."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def precision_name(trainer: SpeakerNet.ModelTrainer) -> str:
@@ -199,7 +194,8 @@ def measure_model(root: Path, model: str, steps: int, rows: list, repeats: int, 
     hits every path. On a GPU our path is also measured with --mixedprec (float16)."""
     batch_size = MODELS[model]["batch_size"]
     trainer = quiet(build_trainer, training_args(root, model, False, batch_size, WORKERS, device), False)
-    mixed = quiet(build_trainer, training_args(root, model, False, batch_size, WORKERS, device), True)
+    mixed = (quiet(build_trainer, training_args(root, model, False, batch_size, WORKERS, device), True)
+             if device == "cuda" else None)
     for augment in (True, False):
         args = training_args(root, model, augment, batch_size, WORKERS, device)
         dataset, sampler = training_data(args, WARMUP + steps)
@@ -210,7 +206,7 @@ def measure_model(root: Path, model: str, steps: int, rows: list, repeats: int, 
                                 compute_only(trainer, in_memory_batches(dataset, sampler, batch_size), steps)))
             rows.append(row(model, "ours", augment, "float32", batch_size, steps,
                             ours(trainer, dataset, sampler, args, steps)))
-            if device == "cuda":
+            if mixed:
                 rows.append(row(model, "ours", augment, precision_name(mixed), batch_size, steps,
                                 ours(mixed, dataset, sampler, args, steps)))
             if target:
