@@ -10,12 +10,13 @@ def self_attention_weights(x: torch.Tensor, linear: nn.Linear, attention: torch.
     return torch.softmax(torch.tanh(linear(x)) @ attention, dim=1)
 
 
-def attentive_pooling(x: torch.Tensor, weights: torch.Tensor, dim: int, with_std: bool) -> torch.Tensor:
-    """Weighted mean over `dim` (SAP), or weighted mean and std concatenated (ASP)."""
+def attentive_pooling(x: torch.Tensor, weights: torch.Tensor, dim: int, with_std: bool,
+                      variance_bounds: tuple[float, float | None] = (1e-5, None)) -> torch.Tensor:
+    """Weighted mean over `dim` (SAP), or weighted mean and std concatenated (ASP), the variance clamped."""
     mean = (x * weights).sum(dim)
     if not with_std:
         return mean
-    std = ((x * x * weights).sum(dim) - mean * mean).clamp(min=1e-5).sqrt()
+    std = ((x * x * weights).sum(dim) - mean * mean).clamp(*variance_bounds).sqrt()
     return torch.cat([mean, std], dim=1)
 
 

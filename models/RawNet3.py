@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models.FrontEnd import check_input_length, conv_length
-from models.Pooling import check_encoder
+from models.Pooling import attentive_pooling, check_encoder
 from models.RawNetBlocks import Bottle2neck, ChannelPreEmphasis
 from models.SincFilterbank import SincConv
 
@@ -27,13 +27,6 @@ def context_statistics(x: torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=2, keepdim=True).expand(-1, -1, frames)
     std = x.var(dim=2, keepdim=True).clamp(min=1e-4, max=1e4).sqrt().expand(-1, -1, frames)
     return torch.cat((x, mean, std), dim=1)
-
-
-def weighted_mean_std(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Attentive statistics over time of [B, C, T] with weights [B, C or 1, T] -> [B, 2C]."""
-    mean = (x * weights).sum(dim=2)
-    std = ((x * x * weights).sum(dim=2) - mean * mean).clamp(min=1e-4, max=1e4).sqrt()
-    return torch.cat((mean, std), dim=1)
 
 
 class RawNet3(nn.Module):
@@ -95,7 +88,8 @@ class RawNet3(nn.Module):
         x3 = self.layer3(self.mp3(x1) + x2)
         x = self.relu(self.layer4(torch.cat((self.mp3(x1), x2, x3), dim=1)))
         weights = self.attention(context_statistics(x))
-        return self.fc6(self.bn5(weighted_mean_std(x, weights)))
+        statistics = attentive_pooling(x, weights, dim=2, with_std=True, variance_bounds=(1e-4, 1e4))
+        return self.fc6(self.bn5(statistics))
 
 
 def MainModel(nOut: int = 256, encoder_type: str = "ECA", sinc_stride: int = 10, **kwargs) -> nn.Module:
