@@ -136,16 +136,22 @@ def test_sinc_front_end_runs_in_float32_under_autocast(model):
 # ---------------------------------------------------------------- sinc filterbank
 
 def test_initial_bands_are_asteroids():
-    """Values measured from asteroid_filterbanks 0.4.0's ParamSincFB(256, 251) (our init is bit-identical)."""
+    """Values measured from asteroid_filterbanks 0.4.0's ParamSincFB(256, 251) on one CPU.
+
+    The mel-scale arithmetic runs in float32, whose last bits differ between CPU kinds (AVX2 and AVX-512
+    give 44.20303 and 44.20295 for the second band), so the comparison allows 1e-5 relative: a wrong mel
+    formula or band order moves these values by far more."""
     bank = ParamSincFilterbank(256, 251)
-    assert bank.low_hz_[[0, 1, 64, 127], 0].tolist() == [30.000019073486328, 44.20302963256836,
-                                                         1805.5933837890625, 7735.869140625]
-    assert bank.band_hz_[[0, 1, 64, 127], 0].tolist() == [14.203010559082031, 14.479305267333984,
-                                                          48.7496337890625, 164.130859375]
+    torch.testing.assert_close(bank.low_hz_[[0, 1, 64, 127], 0],
+                               torch.tensor([30.000019073486328, 44.20302963256836, 1805.5933837890625,
+                                             7735.869140625]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(bank.band_hz_[[0, 1, 64, 127], 0],
+                               torch.tensor([14.203010559082031, 14.479305267333984, 48.7496337890625,
+                                             164.130859375]), rtol=1e-5, atol=0)
     filters = bank.filters().detach()
     expected = [-0.2318962961435318, 1.0, -0.8659334182739258, 0.8659334182739258, 0.006735082250088453]
     actual = [filters[5, 0, 100], filters[5, 0, 125], filters[133, 0, 100], filters[133, 0, 150], filters[127, 0, 0]]
-    torch.testing.assert_close(torch.stack(actual), torch.tensor(expected), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.stack(actual), torch.tensor(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_bands_are_mel_spaced_up_to_nyquist():
