@@ -13,12 +13,14 @@ import numpy as np
 import soundfile
 from scipy import signal
 
+from runtime.errors import UserError
+
 SAMPLE_RATE = 16000
 FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4")
 _warned_resample = False
 
 
-class AudioReadError(RuntimeError):
+class AudioReadError(UserError, RuntimeError):
     """An audio file that cannot be read, is empty or is truncated."""
 
 

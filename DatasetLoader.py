@@ -1,12 +1,15 @@
 """Train/test datasets, MUSAN/RIR augmentation and the speaker-balanced sampler of voxceleb_trainer."""
 
 import collections
+import contextlib
 import functools
 import glob
 import multiprocessing
 import os
 import random
+import signal as signals
 import warnings
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -15,6 +18,7 @@ from scipy import signal
 from tqdm import tqdm
 
 from AudioReader import AudioReadError, LoaderStats, load_crops, loadWAV  # noqa: F401 (loadWAV is part of the API)
+from runtime.errors import DataError, MissingFileError
 
 # dB ranges of the signal-to-noise ratio, drawn uniformly per noise file.
 NOISE_SNR = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}
@@ -44,7 +48,7 @@ def musan_index(musan_path: str) -> dict[str, tuple[str, ...]]:
             index[category].append(path)
     empty = [category for category, paths in index.items() if not paths]
     if empty:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"--augment needs split MUSAN files in {musan_path}/<category>/<subset>/<stem>/<NNNNN>.wav, "
             f"but found none for {', '.join(empty)}: {PREPARE_HINT}")
     return {category: tuple(paths) for category, paths in index.items()}
@@ -55,7 +59,7 @@ def rir_index(rir_path: str) -> tuple[str, ...]:
     """Simulated RIR files (`<room_type>/<Room>/<file>.wav`), built once per process."""
     files = tuple(sorted(glob.glob(os.path.join(rir_path, "*", "*", "*.wav"))))
     if not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"--augment needs room impulse responses in {rir_path}/<room_type>/<Room>/<file>.wav, "
             f"but found none: {PREPARE_HINT}")
     return files
@@ -147,42 +151,57 @@ def check_files_exist(paths: list[str], list_name: str, root_flag: str, root: st
     """Raise one error listing the first missing files and their count."""
     missing = missing_files(paths, f"checking {os.path.basename(list_name)}")
     if missing:
-        shown = "\n  ".join(missing[:10])
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(paths)} files named in {list_name} do not exist under {root_flag} {root}; "
-            f"first missing:\n  {shown}\nFix {root_flag} (paths are {root_flag}/<relative path>) or the list.")
+        raise MissingFileError(
+            f"{len(missing)} of {len(paths)} files named in {list_name} do not exist under {root_flag} {root} "
+            f"(first: {', '.join(missing[:3])}); fix {root_flag} (paths are {root_flag}/<relative path>) or the list")
 
 
 def read_train_list(train_list: str, train_path: str) -> tuple[list[str], list[str]]:
     """Speaker ids and full paths from `<speaker_id> <relative_path>` lines (blank lines skipped)."""
     speakers, paths = [], []
-    with open(train_list, encoding="utf-8-sig") as lines:
-        for number, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise ValueError(f"{train_list} line {number}: expected '<speaker_id> <relative_path>', "
-                                 f"got {line.strip()!r}")
-            speakers.append(fields[0])
-            paths.append(os.path.join(train_path, fields[1]))
+    for number, line in enumerate(read_list_lines(train_list, "train list", "--train_list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DataError(f"{train_list} line {number}: expected '<speaker_id> <relative_path>', "
+                            f"got {line.strip()!r}")
+        speakers.append(fields[0])
+        paths.append(os.path.join(train_path, fields[1]))
     if not paths:
-        raise ValueError(f"{train_list} holds no '<speaker_id> <relative_path>' lines")
+        raise DataError(f"{train_list} holds no '<speaker_id> <relative_path>' lines")
     return speakers, paths
+
+
+def read_list_lines(path: str, what: str, flag: str) -> list[str]:
+    """The lines of a list file (UTF-8, an optional byte-order mark dropped); errors name the file and flag."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read().splitlines()
+    except FileNotFoundError:
+        raise MissingFileError(f"Cannot read {what} {path}: it does not exist; check {flag}") from None
+    except IsADirectoryError:
+        raise DataError(f"Cannot read {what} {path}: it is a folder; check {flag}") from None
+    except OSError as error:
+        raise DataError(f"Cannot read {what} {path}: {error.strerror}; check {flag}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"Cannot read {what} {path}: byte {error.start} is not UTF-8 text; check {flag}") from None
 
 
 class train_dataset_loader(torch.utils.data.Dataset):
     """Training crops; an item is a list of indices (one sampler group) -> (`[len, max_audio]`, label)."""
 
     def __init__(self, train_list: str, augment: bool, musan_path: str, rir_path: str, max_frames: int,
-                 train_path: str, seed: int = 10, nPerSpeaker: int = 1, skip_bad_audio: bool = False, **kwargs):
+                 train_path: str, seed: int = 10, nPerSpeaker: int = 1, skip_bad_audio: bool = False,
+                 check_files: bool = True, **kwargs):
         self.max_frames = max_frames
         self.seed = seed
         self.skip_bad_audio = skip_bad_audio
         self.stats = LoaderStats()
         self._epoch = multiprocessing.Value("q", 0)
         speakers, self.data_list = read_train_list(train_list, train_path)
-        check_files_exist(self.data_list, train_list, "--train_path", train_path)
+        if check_files:  # False when the caller has already checked them
+            check_files_exist(self.data_list, train_list, "--train_path", train_path)
         self.speakers = sorted(set(speakers))
         label_of = {speaker: label for label, speaker in enumerate(self.speakers)}
         self.data_label = [label_of[speaker] for speaker in speakers]
@@ -236,6 +255,32 @@ class train_dataset_loader(torch.utils.data.Dataset):
                     raise AudioReadError(f"every utterance of speaker {self.speakers[self.data_label[index]]} "
                                          f"is unreadable") from error
                 index = others[int(rng.integers(len(others)))]
+
+
+def check_training_data(args, world_size: int) -> int:
+    """Check the train list, its files and that every process gets full batches; returns the speaker count."""
+    if args.max_seg_per_spk < args.nPerSpeaker:
+        raise DataError(f"--max_seg_per_spk {args.max_seg_per_spk} is below --nPerSpeaker {args.nPerSpeaker}: "
+                        "no speaker can fill a batch item")
+    dataset = train_dataset_loader(**dict(vars(args), augment=False))
+    usable = sum(len(items) >= args.nPerSpeaker for items in dataset.speaker_items.values())
+    if usable < args.batch_size:
+        raise DataError(f"--batch_size {args.batch_size} needs that many different speakers with at least "
+                        f"--nPerSpeaker {args.nPerSpeaker} utterances in every batch, but {args.train_list} has "
+                        f"{usable}; lower --batch_size to {usable} or less")
+    sampler = train_dataset_sampler(dataset, **dict(vars(args), distributed=world_size > 1, rank=0,
+                                                    world_size=world_size))
+    sampler.set_epoch(1)
+    if len(sampler) == 0:
+        raise DataError(f"An epoch of {args.train_list} makes no batch of {args.batch_size} different speakers for "
+                        f"each of the {world_size} processes; lower --batch_size")
+    return len(dataset.speakers)
+
+
+def check_augmentation_data(musan_path: str, rir_path: str) -> None:
+    """Check that --augment finds MUSAN and the RIRs."""
+    musan_index(os.path.normpath(musan_path))
+    rir_index(os.path.normpath(rir_path))
 
 
 def round_down(value: int, divisor: int) -> int:
@@ -346,8 +391,26 @@ class test_dataset_loader(torch.utils.data.Dataset):
         return len(self.test_list)
 
 
+@contextlib.contextmanager
+def batches(loader: Iterable) -> Iterator:
+    """Iterate a DataLoader and stop its worker processes when the loop ends, on errors too: the workers ignore
+    SIGTERM (see worker_init_fn), so they must be told to stop rather than terminated at exit."""
+    iterator = iter(loader)
+    try:
+        yield iterator
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def worker_init_fn(worker_id: int) -> None:
-    """Seed python, numpy and torch in a worker from the dataset's seed, its epoch and the worker id."""
+    """Seed python, numpy and torch in a worker from the dataset's seed, its epoch and the worker id.
+
+    Workers ignore SIGTERM and SIGINT: schedulers (SLURM, torchrun) and Ctrl-C signal every process of the job,
+    and the main process must outlive its workers to write its resume checkpoint; it stops them itself."""
+    for signum in (signals.SIGTERM, signals.SIGINT):
+        signals.signal(signum, signals.SIG_IGN)
     info = torch.utils.data.get_worker_info()
     dataset = info.dataset if info is not None else None
     if getattr(dataset, "seed", None) is None:

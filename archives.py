@@ -16,13 +16,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from runtime.atomic_files import atomic_write, publish
+from runtime.errors import UserError
+
 CHUNK = 1 << 20
 ACCESS_HELP = ("VoxCeleb needs an access grant: request it at https://www.robots.ox.ac.uk/~vgg/data/voxceleb/ and "
                "pass the user name and password you received (--user/--password, classic mirror) or the key "
                "(--key, current mirror).")
 
 
-class DataprepError(Exception):
+class DataprepError(UserError):
     """A data preparation step failed; the message says what to do."""
 
 
@@ -89,11 +92,11 @@ def fetch(url: str, target: Path, authorization: str | None = None, retries: int
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 stream_to(response, partial, offset if response.status == 206 else 0, target.name, quiet)
-            os.replace(partial, target)
+            publish(partial, target)
             return
         except urllib.error.HTTPError as error:
             if error.code == 416 and offset:
-                os.replace(partial, target)
+                publish(partial, target)
                 return
             if error.code < 500:
                 raise http_error(url, error) from None
@@ -142,7 +145,7 @@ def join_parts(parts: list[Path], target: Path, md5: str, quiet: bool = False) -
         raise DataprepError(f"{target.name}: md5 of the joined parts {[p.name for p in parts]} is "
                             f"{digest.hexdigest()}, expected {md5}; kept the result aside as {aside} and left the "
                             "parts in place. Delete the bad part(s) and run --download again.")
-    os.replace(partial, target)
+    publish(partial, target)
     for part in parts:
         part.unlink()
 
@@ -161,10 +164,8 @@ def write_member(source, destination: Path, size: int) -> bool:
     if destination.is_file() and destination.stat().st_size == size:
         return False
     destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f".{destination.name}.partial")
-    with open(partial, "wb") as out:
+    with atomic_write(destination) as partial, open(partial, "wb") as out:
         shutil.copyfileobj(source, out, CHUNK)
-    os.replace(partial, destination)
     return True
 
 

@@ -9,8 +9,15 @@ import warnings
 import yaml
 
 import evaluation
+from runtime.errors import ConfigError
 
-RUNTIME_KEYS = ("model_save_path", "result_save_path", "feat_save_path", "gpu", "config")
+RUNTIME_KEYS = ("model_save_path", "result_save_path", "feat_save_path", "gpu", "config", "debug")
+LIST_KEYS = ("test_list",)  # keys whose YAML value may be a list (joined with commas like the command line)
+# Smallest accepted value of numeric flags; checked after the YAML is applied.
+MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk": 1, "nDataLoaderThread": 0,
+           "test_interval": 1, "max_epoch": 1, "nPerSpeaker": 1, "nClasses": 1, "num_eval": 1, "n_mels": 1,
+           "nOut": 1, "weight_decay": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1, "nproc": 0, "gpu_id": 0}
+POSITIVE = ("lr", "lr_decay", "scale")
 
 
 def str2bool(value) -> bool:
@@ -108,13 +115,21 @@ FLAG_GROUPS = {
         ("checkpoint_minutes", float, 0, "also save the training state every N minutes inside an epoch "
                                          "(model/resume.model); 0: only at the end of each epoch"),
         ("nonfinite_limit", int, 20, "stop after this many training steps in a row with a non-finite loss"),
+        ("debug", bool, False, "show the Python traceback of an error instead of one line (also SPEAKERNET_DEBUG=1)"),
     ],
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are ConfigErrors (one line, exit status 1) instead of a usage dump."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the original's flags and defaults, plus ours."""
-    parser = argparse.ArgumentParser(description="SpeakerNet: train or evaluate speaker-embedding networks")
+    parser = ArgumentParser(description="SpeakerNet: train or evaluate speaker-embedding networks")
     parser.add_argument("--config", type=str, default=None, help="YAML file whose keys override the flags")
     for title, flags in FLAG_GROUPS.items():
         group = parser.add_argument_group(title)
@@ -141,27 +156,31 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
     try:
         with open(config_path, encoding="utf-8") as handle:
             content = yaml.safe_load(handle) or {}
-    except OSError as error:
-        raise SystemExit(f"Cannot read --config {config_path}: {error.strerror}")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Cannot read --config {config_path}: {getattr(error, 'strerror', None) or error}")
     except yaml.YAMLError as error:
-        raise SystemExit(f"--config {config_path} is not valid YAML: {error}")
+        raise ConfigError(f"--config {config_path} is not valid YAML: {' '.join(str(error).split())}")
     if not isinstance(content, dict):
-        raise SystemExit(f"--config {config_path}: expected 'key: value' lines, found a {type(content).__name__}")
+        raise ConfigError(f"--config {config_path}: expected 'key: value' lines, found a {type(content).__name__}")
     actions = {action.dest: action for action in parser._actions}
     for key, value in content.items():
         if key not in actions or key == "config":
             warnings.warn(f"Ignored unknown parameter '{key}' in {config_path}", stacklevel=2)
             continue
         cast = actions[key].type
+        if key in LIST_KEYS and isinstance(value, list) and all(isinstance(item, str) for item in value):
+            value = ",".join(value)
         try:
+            if isinstance(value, (list, dict)):
+                raise TypeError(f"a YAML {type(value).__name__}")
             value = value if value is None or cast is None else cast(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             type_name = "bool" if cast is str2bool else getattr(cast, "__name__", str(cast))
-            raise SystemExit(f"--config {config_path}: key '{key}' has value {value!r}, "
-                             f"which is not a valid {type_name}")
+            raise ConfigError(f"--config {config_path}: key '{key}' has value {value!r}, "
+                              f"which is not a valid {type_name}") from None
         if key in given and getattr(args, key) != value:
             warnings.warn(f"--{key} {getattr(args, key)} from the command line is overridden by "
-                          f"{config_path} ({key}: {value})", stacklevel=2)
+                          f"{config_path} ({key}: {value}); using {value}", stacklevel=2)
         setattr(args, key, value)
 
 
@@ -172,11 +191,27 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config is not None:
         apply_config(parser, args, args.config, flags_given(parser, argv))
+    check_ranges(args)
     args.model_save_path = os.path.join(args.save_path, "model")
     args.result_save_path = os.path.join(args.save_path, "result")
     args.feat_save_path = ""
     args.gpu = 0
     return args
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """Refuse numeric values no run can use (e.g. --max_frames 0, --batch_size 0, --lr -1)."""
+    for name, low in MINIMUM.items():
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    for name in POSITIVE:
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"--{name} must be above 0, got {getattr(args, name)}")
+    if not 0 <= args.hard_prob <= 1:
+        raise ConfigError(f"--hard_prob is a probability (0 to 1), got {args.hard_prob}")
+    for name in ("dcf_p_target", "calibration_prior"):
+        if not 0 < getattr(args, name) < 1:
+            raise ConfigError(f"--{name} is a prior strictly between 0 and 1, got {getattr(args, name)}")
 
 
 def resolved_config(args: argparse.Namespace) -> dict:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
+
+from runtime.atomic_files import write_text
+from runtime.errors import ConfigError, MissingFileError
 
 
 def _two_class(scores: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -82,10 +84,7 @@ class Calibration:
 
     def save(self, path: str) -> None:
         """Write as JSON (temporary file, then rename)."""
-        temporary = path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(asdict(self), handle, indent=2)
-        os.replace(temporary, path)
+        write_text(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: str) -> Calibration:
@@ -94,22 +93,22 @@ class Calibration:
             with open(path, encoding="utf-8") as handle:
                 content = json.load(handle)
         except OSError as error:
-            raise FileNotFoundError(f"Cannot read calibration {path}: {error.strerror}; write one with "
-                                    "--fit_calibration") from error
+            raise MissingFileError(f"Cannot read calibration {path}: {error.strerror}; write one with "
+                                   "--fit_calibration") from error
         except json.JSONDecodeError as error:
-            raise ValueError(f"Calibration {path} is not valid JSON ({error})") from error
+            raise ConfigError(f"Calibration {path} is not valid JSON ({error})") from error
         missing = [name for name in cls.__dataclass_fields__ if name not in content]
         if missing:
-            raise ValueError(f"Calibration {path} lacks the keys {', '.join(missing)}; write it again with "
-                             "--fit_calibration")
+            raise ConfigError(f"Calibration {path} lacks the keys {', '.join(missing)}; write it again with "
+                              "--fit_calibration")
         return cls(**{name: content[name] for name in cls.__dataclass_fields__})
 
     def check_matches(self, scoring: str, score_norm: str, path: str) -> None:
         """Raise when the scores to calibrate come from another scoring set-up than the fitted ones."""
         if (scoring, score_norm) != (self.scoring, self.score_norm):
-            raise ValueError(f"Calibration {path} was fitted on --scoring {self.scoring} --score_norm "
-                             f"{self.score_norm} scores, but this run uses --scoring {scoring} --score_norm "
-                             f"{score_norm}; fit a calibration for this set-up")
+            raise ConfigError(f"Calibration {path} was fitted on --scoring {self.scoring} --score_norm "
+                              f"{self.score_norm} scores, but this run uses --scoring {scoring} --score_norm "
+                              f"{score_norm}; fit a calibration for this set-up")
 
 
 def fit_calibration(scores: np.ndarray, labels: np.ndarray, prior: float = 0.5, scoring: str = "original",

@@ -4,17 +4,20 @@ from __future__ import annotations
 import glob
 import os
 import re
+import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
+
+from runtime.atomic_files import atomic_write
+from runtime.errors import UserError
 
 CHECKPOINT_GLOB = "model0*.model"
 RESUME_NAME = "resume.model"  # newest mid-epoch or end-of-epoch state, beside the epoch checkpoints
 FORMAT_TAG = "voxceleb_trainer_next/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used, with a message for people."""
 
 
@@ -97,21 +100,16 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path
     loaded = set(report.loaded)
     report.missing = [key for key in own if key not in loaded]
     if not report.loaded:
-        raise CheckpointError(f"Checkpoint {path} shares no tensor with this model (same name and shape). "
-                              "Check --model, --encoder_type, --n_mels and --nOut against the checkpoint.\n"
-                              + report.text())
+        print(report.text())
+        raise CheckpointError(f"Checkpoint {path} shares no tensor with this model (same name and shape; see the "
+                              "list above). Check --model, --encoder_type, --n_mels and --nOut against the checkpoint.")
     return report
 
 
 def write_atomically(payload: dict, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename it over `path`."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """torch.save through a temporary file, flushed to disk with its folder before and after the rename."""
+    with atomic_write(path, durable=True) as temporary:
+        torch.save(payload, temporary)
 
 
 def epoch_of(path: str) -> int:
@@ -125,3 +123,38 @@ def epoch_of(path: str) -> int:
 def saved_checkpoints(model_save_path: str) -> list[str]:
     """Checkpoints of an experiment, oldest first (temporary files are never listed)."""
     return sorted(glob.glob(os.path.join(model_save_path, CHECKPOINT_GLOB)))
+
+
+def check_mostly_fits(report: LoadReport, model: torch.nn.Module, path: str) -> None:
+    """Refuse a checkpoint that fills less than half of the embedding model's (`__S__`) tensors: it belongs to
+    another network, and training on would silently start from scratch. A new loss head still loads."""
+    own = [key for key in model.state_dict() if key.startswith("__S__.")]
+    loaded = [key for key in report.loaded if key.startswith("__S__.")]
+    if own and len(loaded) < len(own) / 2:
+        raise CheckpointError(f"{path} fills only {len(loaded)} of the {len(own)} tensors of the embedding model "
+                              "(see the list above): it is a checkpoint of another network. Check --model, "
+                              "--encoder_type, --n_mels, --nOut and --log_input against it.")
+
+
+def latest_state(model_save_path: str) -> tuple[str, dict] | None:
+    """(path, content) of the newest readable training state: the mid-epoch state or the newest epoch checkpoint.
+
+    Damaged files are skipped with a message."""
+    candidates = []
+    resume_path = os.path.join(model_save_path, RESUME_NAME)
+    for path in [resume_path, *reversed(saved_checkpoints(model_save_path))]:
+        if not os.path.exists(path):
+            continue
+        try:
+            content = read_checkpoint(path)
+        except CheckpointError as error:
+            print(f"Skipping checkpoint that cannot be resumed from: {error}", file=sys.stderr)
+            continue
+        epoch = int(content["epoch"]) if "optimizer_state_dict" in content else epoch_of(path)
+        candidates.append(((epoch, content.get("epoch_totals", {}).get("steps", 0)), path, content))
+        if path != resume_path:
+            break  # the newest readable epoch checkpoint
+    if not candidates:
+        return None
+    _, path, content = max(candidates, key=lambda candidate: candidate[0])
+    return path, content

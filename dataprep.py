@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from archives import DataprepError, basic_auth, extract, fetch_verified, join_parts, md5sum
 from democorpus import DemoSpec, make_demo_corpus
+from runtime.atomic_files import atomic_write, write_text
+from runtime.errors import run_command
 
 CLASSIC_URL = "http://cnode01.mm.kaist.ac.kr/voxceleb/vox1a/{file}"
 KEY_URL = "https://cn01.mmai.io/download/voxceleb?file={file}&key={key}"
@@ -113,14 +115,13 @@ def convert_one(ffmpeg: str, source: Path) -> str | None:
     """Convert one m4a to 16 kHz mono 16-bit wav via a temporary name; returns an error line or None."""
     target = wav_destination(source)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-ac", "1", "-vn",
-               "-acodec", "pcm_s16le", "-ar", "16000", "-f", "wav", str(partial)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        return f"{source}: {(result.stderr.strip().splitlines() or ['ffmpeg exit code %d' % result.returncode])[-1]}"
-    os.replace(partial, target)
+    with atomic_write(target) as partial:
+        command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-ac", "1", "-vn",
+                   "-acodec", "pcm_s16le", "-ar", "16000", "-f", "wav", str(partial)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            partial.unlink(missing_ok=True)
+            return f"{source}: {(result.stderr.strip().splitlines() or [f'ffmpeg exit code {result.returncode}'])[-1]}"
     return None
 
 
@@ -156,9 +157,8 @@ def split_musan(source: Path, target: Path, quiet: bool = False) -> int:
             if chunk.exists():
                 continue
             samples, rate = soundfile.read(path, start=start, frames=5 * info.samplerate, dtype="int16")
-            partial = chunk.with_name(f".{chunk.name}.partial")
-            soundfile.write(partial, samples, rate, subtype="PCM_16", format="WAV")
-            os.replace(partial, chunk)
+            with atomic_write(chunk) as partial:
+                soundfile.write(partial, samples, rate, subtype="PCM_16", format="WAV")
             written += 1
     return written
 
@@ -186,9 +186,7 @@ def write_train_list(wav_path: Path, list_path: Path) -> int:
         raise DataprepError(f"No wav files matching {wav_path}/<speaker>/<video>/<utt>.wav; run --convert first "
                             "or pass the folder with --wav_path.")
     list_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = list_path.with_name(f".{list_path.name}.partial")
-    partial.write_text("".join(f"{name.split('/')[0]} {name}\n" for name in files))
-    os.replace(partial, list_path)
+    write_text(list_path, "".join(f"{name.split('/')[0]} {name}\n" for name in files))
     return len(files)
 
 
@@ -205,9 +203,16 @@ def check_trials(trial_list: Path, test_path: Path) -> tuple[int, list[str]]:
     return len(names), sorted(name for name in names if not (test_path / name).is_file())
 
 
+class CommandLine(argparse.ArgumentParser):
+    """argparse whose mistakes are one-line errors with exit status 1."""
+
+    def error(self, message: str):
+        raise DataprepError(f"{message} (see --help)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The dataprep command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--save_path", type=Path, default=Path("data"), help="data folder (created if missing)")
     steps = parser.add_argument_group("steps (run in this order)")
     steps.add_argument("--demo", action="store_true", help="generate the offline demo corpus in --save_path")
@@ -242,6 +247,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     other.add_argument("--demo_train_speakers", type=int, default=DemoSpec.train_speakers)
     other.add_argument("--demo_test_speakers", type=int, default=DemoSpec.test_speakers)
     other.add_argument("--quiet", action="store_true", help="no progress bars")
+    other.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one "
+                       "line (also SPEAKERNET_DEBUG=1)")
     args = parser.parse_args(argv)
     if not (args.demo or args.download or args.concatenate or args.extract or args.convert or args.augment
             or args.make_train_list or args.check_trials):
@@ -252,13 +259,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen steps in order; returns the exit status."""
-    args.save_path.mkdir(parents=True, exist_ok=True)
+    try:
+        args.save_path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataprepError(f"Cannot create --save_path {args.save_path}: {error.strerror}") from None
     if args.demo:
         spec = DemoSpec(train_speakers=args.demo_train_speakers, test_speakers=args.demo_test_speakers)
-        try:
-            make_demo_corpus(args.save_path, args.seed, spec, args.jobs, args.quiet)
-        except ValueError as error:
-            raise DataprepError(str(error)) from None
+        make_demo_corpus(args.save_path, args.seed, spec, args.jobs, args.quiet)
     for chosen, step in ((args.download, download), (args.concatenate, concatenate), (args.extract, extract_voxceleb),
                          (args.convert, convert), (args.augment, augment)):
         if chosen:
@@ -278,12 +285,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: errors become one readable line and exit status 1."""
-    try:
-        return run(parse_args(argv))
-    except DataprepError as error:
-        print(f"dataprep: error: {error}", file=sys.stderr)
-        return 1
+    """Entry point: a mistake in what was given ends with one line and exit status 1 (traceback with --debug)."""
+    return run_command(lambda arguments: run(parse_args(arguments)), argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ import soundfile
 from scipy import signal
 from tqdm import tqdm
 
+from runtime import atomic_files
+from runtime.atomic_files import atomic_write
+from runtime.errors import ConfigError
+
 SAMPLE_RATE = 16000
 MARKER = "DEMO_COMPLETE.json"
 CORPUS_VERSION = 1
@@ -183,9 +187,8 @@ def apply_session(speech: np.ndarray, session: Session, rng: np.random.Generator
 def write_wav(path: Path, samples: np.ndarray) -> None:
     """Write 16-bit 16 kHz wav through a temporary name, so a file that exists is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    soundfile.write(temporary, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(temporary, path)
+    with atomic_write(path) as temporary:
+        soundfile.write(temporary, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
 def speaker_id(index: int, spec: DemoSpec) -> str:
@@ -311,9 +314,7 @@ def render_augmentation(root: Path, seed: int, items: int) -> int:
 
 def write_text(path: Path, lines: list[str]) -> None:
     """Write a text file through a temporary name."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(lines))
-    os.replace(temporary, path)
+    atomic_files.write_text(path, "".join(lines))
 
 
 def make_demo_corpus(root: str | Path, seed: int = 0, spec: DemoSpec = DemoSpec(), jobs: int | None = None,
@@ -327,10 +328,10 @@ def make_demo_corpus(root: str | Path, seed: int = 0, spec: DemoSpec = DemoSpec(
         if found == settings:
             print(f"Demo corpus already complete in {root} (delete {marker} to regenerate).")
             return root
-        raise ValueError(f"{root} holds a demo corpus made with other settings ({marker}: {found}); "
+        raise ConfigError(f"{root} holds a demo corpus made with other settings ({marker}: {found}); "
                          f"delete that folder or choose another --save_path.")
     if spec.train_speakers < 1 or spec.test_speakers < 2 or spec.sessions < 2:
-        raise ValueError("The demo corpus needs >= 1 training speaker, >= 2 test speakers and >= 2 sessions.")
+        raise ConfigError("The demo corpus needs >= 1 training speaker, >= 2 test speakers and >= 2 sessions.")
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     speakers = range(spec.train_speakers + spec.test_speakers)

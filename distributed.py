@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from runtime.errors import ConfigError, PeerStopped, UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,19 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
+def torchrun_world_size() -> int:
+    """WORLD_SIZE of a torchrun launch (1 when not launched by torchrun)."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
+def check_launch(distributed: bool) -> None:
+    """Refuse torchrun with several processes but no --distributed: each would train alone on the same files."""
+    if not distributed and torchrun_world_size() > 1:
+        raise ConfigError(f"started by torchrun with {torchrun_world_size()} processes but without --distributed: "
+                          "each process would train alone and overwrite the others' files. Add --distributed, "
+                          "or start a single process without torchrun")
+
+
 def process_count(args) -> int:
     """--nproc, else one process per visible GPU, else 2 CPU processes."""
     if args.nproc > 0:
@@ -38,6 +57,13 @@ def process_count(args) -> int:
     if args.device != "cpu" and torch.cuda.is_available():
         return torch.cuda.device_count()
     return 2
+
+
+def planned_world_size(args) -> int:
+    """How many processes the run will have: torchrun's WORLD_SIZE, the processes start() spawns, or 1."""
+    if not args.distributed:
+        return 1
+    return torchrun_world_size() if launched_by_torchrun() else process_count(args)
 
 
 def start(worker, args) -> None:
@@ -49,7 +75,8 @@ def start(worker, args) -> None:
                        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), True), args)
     else:
         count = process_count(args)
-        processes = mp.start_processes(_spawned, args=(count, worker, args), nprocs=count, join=False,
+        user_errors = mp.get_context("spawn").SimpleQueue()
+        processes = mp.start_processes(_spawned, args=(count, worker, args, user_errors), nprocs=count, join=False,
                                        start_method="spawn")
 
         def forward_signal(signum, frame):
@@ -59,13 +86,39 @@ def start(worker, args) -> None:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, forward_signal)
-        while not processes.join():
-            pass
+        try:
+            while not processes.join():
+                pass
+        except mp.ProcessExitedException:
+            if user_errors.empty():
+                raise
+            report_rank_errors(user_errors, count)
+            raise PeerStopped("a process stopped on an error") from None
 
 
-def _spawned(index: int, count: int, worker, args) -> None:
-    """Entry of a process started by start()."""
-    worker(Context(index, count, index, count, True), args)
+def report_rank_errors(user_errors, count: int) -> None:
+    """Print each distinct user error of the ranks once, naming the ranks that had it."""
+    ranks_of: dict[str, list[int]] = {}
+    while not user_errors.empty():
+        rank, message = user_errors.get()
+        if message is not None:
+            ranks_of.setdefault(message, []).append(rank)
+    for message, ranks in ranks_of.items():
+        label = "rank" if len(ranks) == 1 else "ranks"
+        print(f"Error ({label} {', '.join(map(str, sorted(ranks)))} of {count}): {message}", file=sys.stderr,
+              flush=True)
+
+
+def _spawned(index: int, count: int, worker, args, user_errors) -> None:
+    """Entry of a process started by start(): a user error goes to the parent (which prints it once and stops the
+    other ranks) and the process exits with status 1."""
+    try:
+        worker(Context(index, count, index, count, True), args)
+    except UserError as error:
+        if getattr(args, "debug", False):
+            raise
+        user_errors.put((index, None if isinstance(error, PeerStopped) else str(error)))
+        sys.exit(1)
 
 
 def init_process_group(context: Context, device: torch.device, port: str) -> None:
@@ -90,11 +143,34 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
 
 def gather_dicts(local: dict) -> dict:
     """Merge every rank's dict (all ranks receive the union)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return local
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, local)
     merged = {}
-    for part in parts:
+    for part in gather_list(local):
         merged.update(part)
     return merged
+
+
+def gather_list(local: T) -> list[T]:
+    """Every rank's `local` value, in rank order (a one-item list when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [local]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return parts
+
+
+def from_main(load: Callable[[], T]) -> T:
+    """`load()` run on rank 0 only and its result sent to every rank, so node-local files cannot make ranks
+    differ. A user error on rank 0 stops the other ranks quietly (rank 0 reports it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return load()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("value", load())
+        except UserError as error:
+            box[0] = ("error", error)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value if dist.get_rank() == 0 else PeerStopped(str(value))
+    return value

@@ -18,6 +18,8 @@ import checkpoints
 import DatasetLoader
 import evaluation
 from SpeakerNet import SpeakerNet, place_on
+from runtime.atomic_files import atomic_write
+from runtime.errors import ConfigError, DataError, MissingFileError, run_command
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
@@ -33,7 +35,7 @@ def _cast(name: str, value, source: str):
     try:
         return kind(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
-        raise ValueError(f"{source}: {name} must be {'bool' if kind is arguments.str2bool else kind.__name__}, "
+        raise ConfigError(f"{source}: {name} must be {'bool' if kind is arguments.str2bool else kind.__name__}, "
                          f"got {value!r}") from error
 
 
@@ -47,9 +49,14 @@ def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict)
     if config:
         try:
             with open(config, encoding="utf-8") as handle:
-                layers.append((yaml.safe_load(handle) or {}, config))
+                content = yaml.safe_load(handle) or {}
         except OSError as error:
-            raise FileNotFoundError(f"Cannot read config {config}: {error.strerror}") from error
+            raise MissingFileError(f"Cannot read config {config}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--config {config} is not valid YAML: {' '.join(str(error).split())}") from None
+        if not isinstance(content, dict):
+            raise ConfigError(f"--config {config}: expected 'key: value' lines, found a {type(content).__name__}")
+        layers.append((content, config))
     layers.append((overrides, "command line"))
     for values, source in layers:
         for name, value in values.items():
@@ -59,7 +66,7 @@ def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict)
                 settings[name] = value
     missing = [name for name in ("model", "trainfunc") if not settings[name]]
     if missing:
-        raise ValueError(f"Cannot tell the {' and '.join(missing)} of this checkpoint: give "
+        raise ConfigError(f"Cannot tell the {' and '.join(missing)} of this checkpoint: give "
                          + " and ".join(f"--{name}" for name in missing)
                          + " or --config with the run's config.yaml")
     return settings
@@ -77,9 +84,10 @@ class SpeakerEmbedder:
         self.net = place_on(SpeakerNet(**dict(self.settings, optimizer="adam")), self.device).eval()
         report = checkpoints.load_weights(self.net, checkpoints.model_weights(content, checkpoint), checkpoint)
         if report.missing_in("__S__.") or report.mismatched_in("__S__."):
+            print(report.text())
             raise checkpoints.CheckpointError(
-                f"{report.text()}\nCheckpoint {checkpoint} does not fit a {self.settings['model']} built with "
-                "these settings; check --model, --encoder_type, --n_mels, --nOut and --log_input (or --config)")
+                f"Checkpoint {checkpoint} does not fit a {self.settings['model']} built with these settings (see the "
+                "list above); check --model, --encoder_type, --n_mels, --nOut and --log_input (or --config)")
         self.calibration = calibration.Calibration.load(calibration_path) if calibration_path else None
         if self.calibration:
             self.calibration.check_matches(self.settings["scoring"], "none", calibration_path)
@@ -121,37 +129,36 @@ def input_files(source: str, root: str) -> tuple[list[str], str]:
         found = [os.path.relpath(os.path.join(folder, name), source) for folder, _, names in os.walk(source)
                  for name in names if name.lower().endswith(AUDIO_EXTENSIONS)]
         if not found:
-            raise FileNotFoundError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {source}")
+            raise MissingFileError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {source}")
         return sorted(found), source
     if not os.path.isfile(source):
-        raise FileNotFoundError(f"{source} is neither an audio file, a folder nor a list of paths")
+        raise MissingFileError(f"{source} is neither an audio file, a folder nor a list of paths")
     if source.lower().endswith(AUDIO_EXTENSIONS):
         return [os.path.basename(source)], os.path.dirname(source)
     with open(source, encoding="utf-8") as handle:
         files = [line.split()[-1] for line in handle if line.strip()]
     if not files:
-        raise ValueError(f"The list {source} names no files")
+        raise DataError(f"The list {source} names no files")
     return files, root
 
 
 def check_output(output: str, n_files: int) -> None:
     """Raise before any embedding work when the output name cannot hold this many files."""
     if not output.endswith((".npy", ".npz")):
-        raise ValueError(f"Output {output} must end in .npy (one file) or .npz (several)")
+        raise ConfigError(f"Output {output} must end in .npy (one file) or .npz (several)")
     if output.endswith(".npy") and n_files != 1:
-        raise ValueError(f"{n_files} files cannot go into one .npy; name an .npz output")
+        raise ConfigError(f"{n_files} files cannot go into one .npy; name an .npz output")
 
 
 def save_embeddings(embeddings: dict[str, np.ndarray], output: str) -> None:
     """One file -> .npy; several -> .npz keyed by path (temporary file, then rename; folders created)."""
     check_output(output, len(embeddings))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    temporary = output[:-4] + ".tmp" + output[-4:]
-    if output.endswith(".npy"):
-        np.save(temporary, next(iter(embeddings.values())))
-    else:
-        np.savez(temporary, **embeddings)
-    os.replace(temporary, output)
+    with atomic_write(output) as temporary, open(temporary, "wb") as handle:
+        if output.endswith(".npy"):
+            np.save(handle, next(iter(embeddings.values())))
+        else:
+            np.savez(handle, **embeddings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,10 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--initial_model", required=True, help="checkpoint: ours or the original's state_dict")
     common.add_argument("--config", help="the run's config.yaml (model settings)")
     common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    common.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one "
+                        "line (also SPEAKERNET_DEBUG=1)")
     for name in MODEL_SETTINGS:
         common.add_argument(f"--{name}", type=str, default=None,
                             help="model setting (default: checkpoint args, --config, else the trainer's)")
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     embed = commands.add_parser("embed", parents=[common], help="embed a file, folder or list of paths")
     embed.add_argument("source", help="audio file, folder, or text file with one path a line")
@@ -179,32 +188,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point."""
+def run(argv: list[str]) -> int:
+    """Embed files or verify a pair, as the command line asks."""
     args = build_parser().parse_args(argv)
     overrides = {name: getattr(args, name) for name in MODEL_SETTINGS}
-    try:
-        embedder = SpeakerEmbedder(args.initial_model, args.config, args.device,
-                                   getattr(args, "calibration", None), **overrides)
-        if args.command == "embed":
-            files, root = input_files(args.source, args.root)
-            check_output(args.output, len(files))
-            embeddings = embedder.embed_files(files, root, args.workers)
-            if args.average:
-                embeddings = {name: average_embedding(value) for name, value in embeddings.items()}
-            save_embeddings(embeddings, args.output)
-            shape = next(iter(embeddings.values())).shape
-            print(f"Saved {len(embeddings)} embeddings of shape {list(shape)} to {args.output}")
-            return
-        result = embedder.verify(args.enrol, args.test, args.prior)
-    except (OSError, ValueError, checkpoints.CheckpointError) as error:
-        raise SystemExit(f"Error: {error}")
+    if args.command == "embed":
+        files, root = input_files(args.source, args.root)
+        check_output(args.output, len(files))
+    embedder = SpeakerEmbedder(args.initial_model, args.config, args.device, getattr(args, "calibration", None),
+                               **overrides)
+    if args.command == "embed":
+        embeddings = embedder.embed_files(files, root, args.workers)
+        if args.average:
+            embeddings = {name: average_embedding(value) for name, value in embeddings.items()}
+        save_embeddings(embeddings, args.output)
+        shape = next(iter(embeddings.values())).shape
+        print(f"Saved {len(embeddings)} embeddings of shape {list(shape)} to {args.output}")
+        return 0
+    result = embedder.verify(args.enrol, args.test, args.prior)
     print(f"score {result['score']:.6f}")
     if "llr" in result:
         print(f"llr {result['llr']:.4f} probability {result['probability']:.4f} "
               f"decision {'same speaker' if result['same_speaker'] else 'different speakers'} "
               f"(prior {result['p_target']:g})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a mistake in what was given ends with one line and exit status 1 (traceback with --debug)."""
+    return run_command(run, argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

@@ -21,6 +21,9 @@ import distributed
 import scoreNormalization
 import scorePlots
 import tuneThreshold
+from runtime.errors import ConfigError, DataError
+from runtime import atomic_files
+from runtime.atomic_files import atomic_write
 
 SCORING_MODES = ("original", "cosine")
 
@@ -38,11 +41,7 @@ class Trials:
 
 def read_trials(path: str) -> Trials:
     """Read `<label> <enrol> <test>` (or `<enrol> <test>`, unlabelled) lines; errors name the file and line."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as error:
-        raise FileNotFoundError(f"Cannot read trial list {path}: {error.strerror}; check --test_list") from error
+    lines = DatasetLoader.read_list_lines(path, "trial list", "--test_list")
     labels, enrol, test = [], [], []
     seen: dict[tuple[str, str], tuple[int, int]] = {}
     duplicates = []
@@ -51,18 +50,18 @@ def read_trials(path: str) -> Trials:
         if not fields:
             continue
         if len(fields) not in (2, 3):
-            raise ValueError(f"{path}, line {number}: expected '<label> <enrol> <test>' or '<enrol> <test>', "
-                             f"got {len(fields)} fields: {line.strip()!r}")
+            raise DataError(f"{path}, line {number}: expected '<label> <enrol> <test>' or '<enrol> <test>', "
+                            f"got {len(fields)} fields: {line.strip()!r}")
         if len(fields) == 3 and fields[0] not in ("0", "1"):
-            raise ValueError(f"{path}, line {number}: the label must be 0 (different speakers) or 1 "
-                             f"(same speaker), got {fields[0]!r}")
+            raise DataError(f"{path}, line {number}: the label must be 0 (different speakers) or 1 "
+                            f"(same speaker), got {fields[0]!r}")
         label = int(fields[0]) if len(fields) == 3 else -1
         pair = (fields[-2], fields[-1])
         if pair in seen:
             first_line, first_label = seen[pair]
             if first_label != label:
-                raise ValueError(f"{path}, lines {first_line} and {number}: the trial {pair[0]} {pair[1]} "
-                                 f"appears with labels {first_label} and {label}; fix the list")
+                raise DataError(f"{path}, lines {first_line} and {number}: the trial {pair[0]} {pair[1]} "
+                                f"appears with labels {first_label} and {label}; fix the list")
             duplicates.append(number)
         else:
             seen[pair] = (number, label)
@@ -70,7 +69,7 @@ def read_trials(path: str) -> Trials:
         enrol.append(pair[0])
         test.append(pair[1])
     if not labels:
-        raise ValueError(f"Trial list {path} has no trials; expected lines '<label> <enrol> <test>'")
+        raise DataError(f"Trial list {path} has no trials; expected lines '<label> <enrol> <test>'")
     if duplicates:
         warnings.warn(f"{path}: {len(duplicates)} duplicate trial lines (first at line {duplicates[0]}); "
                       "they are scored and counted again in the EER", stacklevel=2)
@@ -134,12 +133,14 @@ def extract_embeddings(model, files: list[str], test_path: str, eval_frames: int
                                                 check_files=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=files_per_batch, shuffle=False, num_workers=num_workers,
                                          collate_fn=_float32_items, pin_memory=device.type == "cuda",
-                                         worker_init_fn=DatasetLoader.worker_init_fn)
+                                         worker_init_fn=DatasetLoader.worker_init_fn,
+                                         generator=torch.Generator())  # leaves the global random state alone
     if isinstance(model, torch.nn.Module):
         model.eval()
     embeddings: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), tqdm(total=len(files), unit="file", desc="Embedding", dynamic_ncols=True) as bar:
-        for items in loader:
+    with torch.no_grad(), tqdm(total=len(files), unit="file", desc="Embedding", dynamic_ncols=True) as bar, \
+            DatasetLoader.batches(loader) as batches:
+        for items in batches:
             for run in _same_shape_runs(items):
                 audio = torch.cat([data.reshape(-1, data.shape[-1]) for data, _ in run])
                 audio = audio.to(device, non_blocking=True)
@@ -289,16 +290,16 @@ def load_embeddings_cache(path: str, settings: dict) -> dict[str, torch.Tensor]:
 
 def save_embeddings_cache(path: str, settings: dict, embeddings: dict[str, torch.Tensor]) -> None:
     """Write the embeddings with their settings (temporary file, then rename)."""
-    temporary = path + ".tmp"
-    torch.save({"settings": settings, "names": list(embeddings), "embeddings": list(embeddings.values())}, temporary)
-    os.replace(temporary, path)
+    with atomic_write(path) as temporary:
+        torch.save({"settings": settings, "names": list(embeddings), "embeddings": list(embeddings.values())},
+                   temporary)
 
 
 def embed_paths(model, roots: dict[str, list[str]], args, device: torch.device,
                 autocast_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Embeddings keyed by full path of every `root -> relative names` (each rank embeds its share; cache used)."""
-    settings = {"weights": model_fingerprint(model), "eval_frames": int(args.eval_frames),
-                "num_eval": int(args.num_eval), "autocast": str(autocast_dtype)}
+    settings = {"weights": model_fingerprint(model), "model": dict(getattr(model, "model_settings", {})),
+                "eval_frames": int(args.eval_frames), "num_eval": int(args.num_eval), "autocast": str(autocast_dtype)}
     cache_path = _option(args, "embeddings_cache")
     cached = load_embeddings_cache(cache_path, settings)
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -326,8 +327,8 @@ def _cohort(args) -> dict[str, list[str]] | None:
     cohort = scoreNormalization.select_cohort(speakers, paths, _option(args, "cohort_size"),
                                               _option(args, "cohort_utterances"))
     if _option(args, "score_norm") == "asnorm" and len(cohort) < _option(args, "norm_topk"):
-        raise ValueError(f"The cohort from {cohort_list} has {len(cohort)} speakers, fewer than --norm_topk "
-                         f"{_option(args, 'norm_topk')}; lower --norm_topk or use a larger cohort")
+        raise ConfigError(f"The cohort from {cohort_list} has {len(cohort)} speakers, fewer than --norm_topk "
+                          f"{_option(args, 'norm_topk')}; lower --norm_topk or use a larger cohort")
     DatasetLoader.check_files_exist([p for group in cohort.values() for p in group], cohort_list, "--train_path",
                                     args.train_path)
     return cohort
@@ -336,14 +337,14 @@ def _cohort(args) -> dict[str, list[str]] | None:
 def _check_settings(args, first: Trials) -> None:
     """Refuse unknown modes and impossible calibration requests before any embedding work."""
     if args.scoring not in SCORING_MODES or _option(args, "score_norm") not in scoreNormalization.NORM_MODES:
-        raise ValueError(f"--scoring must be one of {', '.join(SCORING_MODES)} and --score_norm one of "
-                         f"{', '.join(scoreNormalization.NORM_MODES)}; got {args.scoring!r} and "
-                         f"{_option(args, 'score_norm')!r}")
+        raise ConfigError(f"--scoring must be one of {', '.join(SCORING_MODES)} and --score_norm one of "
+                          f"{', '.join(scoreNormalization.NORM_MODES)}; got {args.scoring!r} and "
+                          f"{_option(args, 'score_norm')!r}")
     if _option(args, "fit_calibration") and _option(args, "calibration"):
-        raise ValueError("Give either --fit_calibration (fit and save) or --calibration (apply), not both")
+        raise ConfigError("Give either --fit_calibration (fit and save) or --calibration (apply), not both")
     if _option(args, "fit_calibration") and len(set(first.labels[first.labels >= 0].tolist())) < 2:
-        raise ValueError(f"--fit_calibration needs target (1) and non-target (0) trials in {first.path}, "
-                         "the first --test_list")
+        raise ConfigError(f"--fit_calibration needs target (1) and non-target (0) trials in {first.path}, "
+                          "the first --test_list")
 
 
 def _saved_calibration(args) -> calibration.Calibration | None:
@@ -370,9 +371,13 @@ def _fitted_calibration(args, trials: Trials, scores: np.ndarray) -> calibration
 
 def _make_output_folders(args) -> None:
     """Create the folders of the score file, calibration and cache outputs before any embedding work."""
-    for path in (args.score_file, _option(args, "fit_calibration"), _option(args, "embeddings_cache")):
+    for flag, path in (("score_file", args.score_file), ("fit_calibration", _option(args, "fit_calibration")),
+                       ("embeddings_cache", _option(args, "embeddings_cache"))):
         if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            except OSError as error:
+                raise ConfigError(f"Cannot create the folder of --{flag} {path}: {error.strerror}") from None
 
 
 def score_file_for(score_file: str, list_path: str, several: bool) -> str:
@@ -385,11 +390,23 @@ def score_file_for(score_file: str, list_path: str, several: bool) -> str:
 
 def write_score_file(path: str, scores: np.ndarray, trials: Trials) -> None:
     """One `<score> <enrol> <test>` line per trial in list order (temporary file, then rename)."""
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.writelines(f"{score:.6f} {enrol} {test}\n" for score, enrol, test in
-                          zip(scores, trials.enrol, trials.test))
-    os.replace(temporary, path)
+    atomic_files.write_text(path, "".join(f"{score:.6f} {enrol} {test}\n" for score, enrol, test in
+                                          zip(scores, trials.enrol, trials.test)))
+
+
+def check_inputs(args) -> tuple[list[Trials], list[str], dict[str, list[str]] | None, calibration.Calibration | None]:
+    """Read and check everything an evaluation needs before any embedding work: (trial lists, their files in
+    order, the cohort, the calibration to apply); output folders are created."""
+    lists = [read_trials(path) for path in trial_list_paths(args.test_list)]
+    if not lists:
+        raise ConfigError("--test_list names no trial list")
+    _check_settings(args, lists[0])
+    files = sorted({name for trials in lists for name in trials.files})
+    check_files_exist(files, args.test_path, ", ".join(trials.path for trials in lists))
+    cohort = _cohort(args)
+    calibrator = _saved_calibration(args)
+    _make_output_folders(args)
+    return lists, files, cohort, calibrator
 
 
 def run_evaluation(trainer_or_model, args) -> dict[str, dict]:
@@ -398,13 +415,7 @@ def run_evaluation(trainer_or_model, args) -> dict[str, dict]:
     device = getattr(trainer_or_model, "device", next(model.parameters()).device)
     autocast_dtype = getattr(trainer_or_model, "autocast_dtype", None)
     model.eval()
-    lists = [read_trials(path) for path in trial_list_paths(args.test_list)]
-    _check_settings(args, lists[0])
-    files = sorted({name for trials in lists for name in trials.files})
-    check_files_exist(files, args.test_path, ", ".join(trials.path for trials in lists))
-    cohort = _cohort(args)
-    calibrator = _saved_calibration(args)
-    _make_output_folders(args)
+    lists, files, cohort, calibrator = check_inputs(args)
     roots = {args.test_path: files, "": [p for group in cohort.values() for p in group] if cohort else []}
     embeddings = embed_paths(model, roots, args, device, autocast_dtype)
     if dist.is_initialized() and dist.get_rank() != 0:

@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 from sklearn.metrics import det_curve  # noqa: E402
 
+from runtime.atomic_files import atomic_write  # noqa: E402
+
 DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8]
 
 
@@ -22,10 +24,11 @@ def _probit(rates: np.ndarray) -> np.ndarray:
 
 def _save(figure, path: str) -> None:
     """Write a PNG atomically and close the figure."""
-    temporary = path + ".tmp"
-    figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        with atomic_write(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(figure)
 
 
 def plot_det(path: str, target: np.ndarray, nontarget: np.ndarray, metrics: dict) -> None:

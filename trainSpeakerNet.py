@@ -22,8 +22,11 @@ import checkpoints
 import distributed
 import evaluation
 from arguments import parse_arguments, resolved_config
-from SpeakerNet import (ModelTrainer, NonFiniteLossError, PluginError, ResumePoint, RunControl, SpeakerNet,
-                        WrappedModel, check_classes, check_per_speaker, place_on, resolve_device)
+from runtime import atomic_files
+from runtime.errors import ConfigError, DataError, MissingFileError, run_command
+from SpeakerNet import (ModelTrainer, ResumePoint, RunControl, SpeakerNet, WrappedModel, check_classes,
+                        check_crop_lengths, check_per_speaker, choose_gpus, load_plugin, place_on, resolve_device)
+
 
 def write_run_record(args: argparse.Namespace) -> None:
     """Snapshot of the top-level code (.zip), the Namespace (.cmd) and the resolved config (YAML)."""
@@ -34,10 +37,8 @@ def write_run_record(args: argparse.Namespace) -> None:
             bundle.write(path, os.path.basename(path))
     with open(os.path.join(args.result_save_path, f"run{stamp}.cmd"), "w", encoding="utf-8") as handle:
         handle.write(str(args))
-    temporary = os.path.join(args.save_path, "config.yaml.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(resolved_config(args), handle, sort_keys=False)
-    os.replace(temporary, os.path.join(args.save_path, "config.yaml"))
+    atomic_files.write_text(os.path.join(args.save_path, "config.yaml"),
+                            yaml.safe_dump(resolved_config(args), sort_keys=False))
 
 
 def evaluate(trainer: ModelTrainer, args: argparse.Namespace) -> tuple[float, float] | tuple[None, None]:
@@ -49,7 +50,7 @@ def evaluate(trainer: ModelTrainer, args: argparse.Namespace) -> tuple[float, fl
         return None, None
     result = results[first_list]
     if "eer" not in result:
-        raise SystemExit(f"{first_list}: evaluation during training needs target and non-target trials")
+        raise DataError(f"{first_list}: evaluation during training needs target and non-target trials")
     return result["eer"], result["min_dcf"][args.dcf_p_target][0]
 
 
@@ -67,12 +68,15 @@ class ResumedSampler(torch.utils.data.Sampler):
 
 
 def epoch_loader(dataset, sampler, args: argparse.Namespace, skip_steps: int = 0):
-    """The DataLoader of one epoch, starting after `skip_steps` batches."""
+    """The DataLoader of one epoch, starting after `skip_steps` batches.
+
+    It gets its own generator: creating its iterator would otherwise draw from torch's global generator, and a
+    resumed epoch (one iterator more) would continue with other random numbers than an uninterrupted one."""
     if skip_steps:
         sampler = ResumedSampler(sampler, skip_steps * args.batch_size)
     return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.nDataLoaderThread,
                                        sampler=sampler, pin_memory=False, drop_last=True,
-                                       worker_init_fn=DatasetLoader.worker_init_fn)
+                                       worker_init_fn=DatasetLoader.worker_init_fn, generator=torch.Generator())
 
 
 def log_line(scorefile, line: str, end: str = "\n") -> None:
@@ -90,19 +94,31 @@ def log_timing(args: argparse.Namespace, epoch: int, timing: dict) -> None:
         handle.write(json.dumps({"epoch": epoch, **timing}) + "\n")
 
 
+def start_point(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.Context) -> ResumePoint:
+    """Continue this run from its own newest state; a new run starts from --initial_model or from scratch.
+
+    Rank 0 reads the files and sends them to the other ranks, so only its disk needs the save path."""
+    state = distributed.from_main(lambda: checkpoints.latest_state(args.model_save_path))
+    if state is not None:
+        point = trainer.resume(*state, rank=context.rank, world_size=context.world_size)
+        if context.is_main:
+            print(f"Resumed from {state[0]}; continuing with epoch {point.first_epoch}"
+                  + (f" after its first {point.skip_steps} batches" if point.skip_steps else "")
+                  + (f" (--initial_model {args.initial_model} was where this run started)"
+                     if args.initial_model else ""))
+        return point
+    if args.initial_model:
+        content = distributed.from_main(lambda: checkpoints.read_checkpoint(args.initial_model))
+        trainer.loadParameters(args.initial_model, content=content)
+    return ResumePoint()
+
+
 def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.Context) -> None:
     """The epoch loop: train, log, and every test_interval epochs evaluate and save (rank 0 writes)."""
-    check_per_speaker(args.trainfunc, trainer.__model__.module.__L__, args.nPerSpeaker)
-    dataset = DatasetLoader.train_dataset_loader(**vars(args))
-    check_classes(args.trainfunc, trainer.__model__.module.__L__, args.nClasses, len(dataset.speakers),
-                  args.train_list)
+    dataset = DatasetLoader.train_dataset_loader(**dict(vars(args), check_files=False))  # checked before the start
     sampler = DatasetLoader.train_dataset_sampler(dataset, **dict(vars(args), rank=context.rank,
                                                                    world_size=context.world_size))
-    point = ResumePoint()
-    if args.initial_model:
-        trainer.loadParameters(args.initial_model)
-    else:
-        point = trainer.resume_latest(args.model_save_path)
+    point = start_point(trainer, args, context)
     control = RunControl(args.checkpoint_minutes)
     control.install_signal_handlers()
     resume_path = os.path.join(args.model_save_path, checkpoints.RESUME_NAME)
@@ -116,8 +132,8 @@ def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.
             totals = point.totals if epoch == point.first_epoch else None
 
             def save_state(partial, completed=epoch - 1):
+                trainer.saveParameters(resume_path, completed, partial, write=context.is_main)
                 if context.is_main:
-                    trainer.saveParameters(resume_path, completed, partial)
                     print(f"Saved the training state after {partial.steps} batches of epoch {epoch} to {resume_path}")
 
             result = trainer.train_network(epoch_loader(dataset, sampler, args, skip), context.is_main, control,
@@ -136,12 +152,11 @@ def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.
                 eer, min_dcf = evaluate(trainer, args)
                 if context.is_main:
                     log_line(scorefile, f"Epoch {epoch:d}, VEER {eer:2.4f}, MinDCF {min_dcf:2.5f}")
-                    stem = os.path.join(args.model_save_path, f"model{epoch:09d}")
-                    trainer.saveParameters(stem + ".model", epoch)
-                    with open(stem + ".eer", "w", encoding="utf-8") as handle:
-                        handle.write(f"{eer:2.4f}")
-            if context.is_main:
-                trainer.saveParameters(resume_path, epoch)
+                stem = os.path.join(args.model_save_path, f"model{epoch:09d}")
+                trainer.saveParameters(stem + ".model", epoch, write=context.is_main)
+                if context.is_main:
+                    atomic_files.write_text(stem + ".eer", f"{eer:2.4f}")
+            trainer.saveParameters(resume_path, epoch, write=context.is_main)
             if control.poll(trainer.device)[1]:
                 print(f"Stopped by a signal after epoch {epoch}; run the same command again to continue.")
                 return
@@ -154,6 +169,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_for_evaluation(trainer: ModelTrainer, args: argparse.Namespace) -> None:
+    """--eval: the weights of --initial_model, else of the newest checkpoint in --save_path (all must fit)."""
+    def read() -> tuple[str, dict]:
+        if args.initial_model:
+            return args.initial_model, checkpoints.read_checkpoint(args.initial_model)
+        state = checkpoints.latest_state(args.model_save_path)
+        if state is None:
+            raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {args.model_save_path}")
+        return state
+
+    path, content = distributed.from_main(read)
+    trainer.loadParameters(path, strict_model=True, content=content)
+
+
 def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
     """Build the model and trainer for this process, then evaluate or train."""
     device = resolve_device(args.device)
@@ -164,6 +193,7 @@ def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
         distributed.init_process_group(context, device, args.port)
     seed_everything(args.seed)
     speaker_net = place_on(SpeakerNet(**vars(args)), device)
+    check_crop_lengths(speaker_net.__S__, args.max_frames, args.eval_frames, args.model)
     if context.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             speaker_net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
@@ -172,10 +202,7 @@ def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
     trainer = ModelTrainer(wrapped, **dict(vars(args), device=device))
     try:
         if args.eval:
-            if args.initial_model:
-                trainer.loadParameters(args.initial_model, strict_model=True)
-            elif trainer.resume_latest(args.model_save_path).first_epoch == 1:
-                raise SystemExit("--eval needs --initial_model or a checkpoint in " + args.model_save_path)
+            load_for_evaluation(trainer, args)
             if context.is_main:
                 print(f"Total parameters: {sum(p.numel() for p in speaker_net.__S__.parameters())}")
             evaluation.run_evaluation(trainer, args)
@@ -186,21 +213,72 @@ def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
             torch.distributed.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point."""
-    args = parse_arguments(argv)
-    if not args.distributed and args.device != "cpu" and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu_id)
-    print(f"Python {sys.version.split()[0]}, PyTorch {torch.__version__}, "
-          f"{torch.cuda.device_count()} GPU(s), save path {args.save_path}")
-    if not args.eval:
+def prepare_save_path(args: argparse.Namespace) -> None:
+    """Refuse a --save_path that cannot hold the run; create model/ and result/ for training."""
+    for path in (args.save_path, args.model_save_path, args.result_save_path):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"--save_path: {path} is a file; give a folder (it holds model/ and result/)")
+    if args.eval:
+        return
+    try:
         os.makedirs(args.model_save_path, exist_ok=True)
         os.makedirs(args.result_save_path, exist_ok=True)
-    try:
-        distributed.start(main_worker, args)
-    except (PluginError, checkpoints.CheckpointError, NonFiniteLossError) as error:
-        raise SystemExit(f"Error: {error}")
+    except OSError as error:
+        raise ConfigError(f"Cannot create --save_path {args.save_path}: {error.strerror}") from None
+    for path in (args.model_save_path, args.result_save_path):
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"--save_path: cannot write to {path}; choose a folder you can write to")
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Everything the user gave that can be checked before any process starts or any model is built."""
+    for folder in ("models", "loss", "optimizer", "scheduler"):
+        load_plugin(folder, {"models": args.model, "loss": args.trainfunc, "optimizer": args.optimizer,
+                             "scheduler": args.scheduler}[folder])
+    if args.initial_model and not os.path.isfile(args.initial_model):
+        raise MissingFileError(f"--initial_model {args.initial_model} does not exist")
+    if args.eval:
+        if not args.initial_model and not checkpoints.saved_checkpoints(args.model_save_path) \
+                and not os.path.exists(os.path.join(args.model_save_path, checkpoints.RESUME_NAME)):
+            raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {args.model_save_path}")
+        evaluation.check_inputs(args)
+        return
+    loss = load_plugin("loss", args.trainfunc)
+    check_per_speaker(args.trainfunc, loss, args.nPerSpeaker)
+    world_size = distributed.planned_world_size(args)
+    speakers = DatasetLoader.check_training_data(args, world_size)
+    check_classes(args.trainfunc, loss, args.nClasses, speakers, args.train_list)
+    if args.augment:
+        DatasetLoader.check_augmentation_data(args.musan_path, args.rir_path)
+    first_list = evaluation.trial_list_paths(args.test_list)[:1]
+    during_training = argparse.Namespace(**dict(vars(args), test_list=",".join(first_list), score_file="",
+                                                fit_calibration="", embeddings_cache=""))
+    trials = evaluation.check_inputs(during_training)[0][0]
+    if len(set(trials.labels[trials.labels >= 0].tolist())) < 2:
+        raise DataError(f"{trials.path}: evaluation during training needs target (1) and non-target (0) trials")
+
+
+def run(argv: list[str]) -> int:
+    """Parse and check everything, then train or evaluate in one process or several."""
+    args = parse_arguments(argv)
+    distributed.check_launch(args.distributed)
+    visible, args.device = choose_gpus(args.device, args.gpu_id, args.distributed,
+                                       os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    resolve_device(args.device)
+    print(f"Python {sys.version.split()[0]}, PyTorch {torch.__version__}, "
+          f"{torch.cuda.device_count()} GPU(s), save path {args.save_path}")
+    prepare_save_path(args)
+    check_inputs(args)
+    distributed.start(main_worker, args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a mistake in what was given ends with one line and exit status 1 (traceback with --debug)."""
+    return run_command(run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,10 +13,10 @@ import numpy as np
 import soundfile
 import torch
 from scipy import signal
-from results_file import save_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
+from results_file import save_json  # noqa: E402
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "dataloader.json"
 
 import AudioReader  # noqa: E402

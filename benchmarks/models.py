@@ -12,10 +12,10 @@ from importlib import import_module
 from pathlib import Path
 
 import torch
-from results_file import save_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
+from results_file import save_json  # noqa: E402
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "models.json"
 
 # (label, module, constructor kwargs); nOut 512 as the trainer's default

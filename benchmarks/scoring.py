@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import save_json  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
+from results_file import save_json  # noqa: E402
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "scoring.json"
 
 import evaluation  # noqa: E402

@@ -19,10 +19,10 @@ from unittest import mock
 
 import numpy as np
 import torch
-from results_file import save_json
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent))  # before benchmarks/, whose evaluation.py would shadow ours
+from results_file import save_json  # noqa: E402
 RESULTS = BENCHMARKS / "results" / "train_throughput.json"
 
 import DatasetLoader  # noqa: E402

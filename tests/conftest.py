@@ -57,3 +57,10 @@ def tiny_corpus(tmp_path_factory) -> dict:
     (root / "test_list.txt").write_text("".join(trials))
     return {"root": root, "train_list": str(root / "train_list.txt"), "train_path": str(root / "train"),
             "test_list": str(root / "test_list.txt"), "test_path": str(root / "test"), "trials": len(trials)}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests without the integration marker form the unit tier (`bash test.sh -m unit`)."""
+    for item in items:
+        if item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)

@@ -1,5 +1,6 @@
 """embedSpeaker: embeddings of a file, folder and list; pair verification matching --eval; bad input."""
 
+import re
 import subprocess
 import sys
 
@@ -83,21 +84,23 @@ def test_verify_with_calibration_and_config(checkpoint, tiny_corpus, tmp_path, c
     assert "(prior 0.01)" in lines[-1] and "decision" in lines[-1]
 
 
-def test_bad_input(checkpoint, tiny_corpus, tmp_path):
+def test_bad_input(checkpoint, tiny_corpus, tmp_path, capsys):
     wav = f"{tiny_corpus['test_path']}/id00000/sess0/00000.wav"
-    with pytest.raises(SystemExit, match="give --model and --trainfunc"):
-        embedSpeaker.main(["verify", wav, wav, "--initial_model", checkpoint])
-    with pytest.raises(SystemExit, match="does not fit a ResNetSE34L"):
-        embedSpeaker.main(["verify", wav, wav, "--initial_model", checkpoint, "--model", "ResNetSE34L",
-                           "--trainfunc", "angleproto", "--nOut", "64", "--log_input", "true"])
-    with pytest.raises(SystemExit, match="cannot go into one .npy"):
-        embedSpeaker.main(["embed", tiny_corpus["test_path"], "--output", str(tmp_path / "x.npy"),
-                           "--initial_model", checkpoint, *MODEL_FLAGS])
-    with pytest.raises(SystemExit, match="must end in .npy .one file. or .npz"):
-        embedSpeaker.main(["embed", wav, "--output", str(tmp_path / "x.txt"), "--initial_model", checkpoint,
-                           *MODEL_FLAGS])
-    with pytest.raises(SystemExit, match="neither an audio file"):
-        embedSpeaker.main(["embed", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.npz"),
-                           "--initial_model", checkpoint, *MODEL_FLAGS])
-    with pytest.raises(SystemExit, match="log_input must be bool, got 'maybe'"):
-        embedSpeaker.main(["verify", wav, wav, "--initial_model", checkpoint, *MODEL_FLAGS, "--log_input", "maybe"])
+
+    def fails_with(message, argv):
+        assert embedSpeaker.main(argv) == 1
+        error = capsys.readouterr().err
+        assert re.search(message, error) and error.startswith("Error: ") and error.count("\n") == 1, error
+
+    fails_with("give --model and --trainfunc", ["verify", wav, wav, "--initial_model", checkpoint])
+    fails_with("does not fit a ResNetSE34L", ["verify", wav, wav, "--initial_model", checkpoint, "--model",
+                                              "ResNetSE34L", "--trainfunc", "angleproto", "--nOut", "64",
+                                              "--log_input", "true"])
+    fails_with("cannot go into one .npy", ["embed", tiny_corpus["test_path"], "--output", str(tmp_path / "x.npy"),
+                                           "--initial_model", checkpoint, *MODEL_FLAGS])
+    fails_with("must end in .npy .one file. or .npz", ["embed", wav, "--output", str(tmp_path / "x.txt"),
+                                                       "--initial_model", checkpoint, *MODEL_FLAGS])
+    fails_with("neither an audio file", ["embed", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.npz"),
+                                         "--initial_model", checkpoint, *MODEL_FLAGS])
+    fails_with("log_input must be bool, got 'maybe'", ["verify", wav, wav, "--initial_model", checkpoint,
+                                                       *MODEL_FLAGS, "--log_input", "maybe"])
