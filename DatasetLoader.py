@@ -1,5 +1,6 @@
 """Train/test datasets, MUSAN/RIR augmentation and the speaker-balanced sampler of voxceleb_trainer."""
 
+import atexit
 import collections
 import contextlib
 import functools
@@ -391,11 +392,21 @@ class test_dataset_loader(torch.utils.data.Dataset):
         return len(self.test_list)
 
 
+STOP_SIGNALS = {signals.SIGTERM, signals.SIGINT}
+
+
 @contextlib.contextmanager
 def batches(loader: Iterable) -> Iterator:
     """Iterate a DataLoader and stop its worker processes when the loop ends, on errors too: the workers ignore
-    SIGTERM (see worker_init_fn), so they must be told to stop rather than terminated at exit."""
-    iterator = iter(loader)
+    SIGTERM (see worker_init_fn), so they must be told to stop rather than terminated at exit.
+
+    The workers start with SIGTERM and SIGINT blocked, so a signal that arrives before worker_init_fn has run
+    waits and is then ignored instead of killing the worker."""
+    previous = signals.pthread_sigmask(signals.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        iterator = iter(loader)
+    finally:
+        signals.pthread_sigmask(signals.SIG_SETMASK, previous)
     try:
         yield iterator
     finally:
@@ -404,13 +415,25 @@ def batches(loader: Iterable) -> Iterator:
             shutdown()
 
 
+@atexit.register
+def stop_leftover_loader_workers() -> None:
+    """At exit, kill daemonic child processes (DataLoader workers whose loader was never closed): they ignore the
+    SIGTERM that multiprocessing's own exit handler, which runs after this one, sends before waiting for them."""
+    leftover = [process for process in multiprocessing.active_children() if process.daemon]
+    if leftover:
+        signals.signal(signals.SIGCHLD, signals.SIG_DFL)  # the loaders' worker-death check would report the kill
+        for process in leftover:
+            process.kill()
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Seed python, numpy and torch in a worker from the dataset's seed, its epoch and the worker id.
 
     Workers ignore SIGTERM and SIGINT: schedulers (SLURM, torchrun) and Ctrl-C signal every process of the job,
     and the main process must outlive its workers to write its resume checkpoint; it stops them itself."""
-    for signum in (signals.SIGTERM, signals.SIGINT):
+    for signum in STOP_SIGNALS:
         signals.signal(signum, signals.SIG_IGN)
+    signals.pthread_sigmask(signals.SIG_UNBLOCK, STOP_SIGNALS)
     info = torch.utils.data.get_worker_info()
     dataset = info.dataset if info is not None else None
     if getattr(dataset, "seed", None) is None:

@@ -168,12 +168,16 @@ def place_on(net: nn.Module, device: torch.device) -> nn.Module:
     return net.to(memory_format=torch.channels_last) if device.type == "cpu" else net
 
 
-def cpu_has_fast_bfloat16() -> bool:
-    """True when the CPU has AMX or AVX512-BF16 units, where bfloat16 autocast is faster than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+def cpu_has_fast_bfloat16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has AMX or AVX512-BF16 units, where bfloat16 autocast is faster than float32.
+
+    `cpuinfo` is the text of /proc/cpuinfo (read when not given; no such file means no)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 

@@ -98,3 +98,20 @@ def test_help_lists_new_flags(capsys):
     text = capsys.readouterr().out
     for flag in ("--device", "--score_file", "--num_eval", "--scoring", "--easy_margin", "--skip_bad_audio"):
         assert flag in text
+
+
+def test_yaml_list_of_trial_lists(tmp_path):
+    path = write_yaml(tmp_path, {"test_list": ["data/veri_test2.txt", "data/list_test_hard2.txt"]})
+    args = entry.parse_arguments(["--config", path])
+    assert args.test_list == "data/veri_test2.txt,data/list_test_hard2.txt"
+    with pytest.raises(ConfigError, match="key 'train_list' has value \\['a', 'b'\\], which is not a valid str"):
+        entry.parse_arguments(["--config", write_yaml(tmp_path, {"train_list": ["a", "b"]})])
+
+
+def test_overridden_flag_message_says_which_value_won(tmp_path):
+    path = write_yaml(tmp_path, {"lr": 0.002})
+    with pytest.warns(UserWarning) as caught:
+        args = entry.parse_arguments(["--lr", "0.1", "--config", path])
+    assert args.lr == 0.002
+    assert [str(w.message) for w in caught] == [
+        f"--lr 0.1 from the command line is overridden by {path} (lr: 0.002); using 0.002"]

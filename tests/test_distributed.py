@@ -1,14 +1,19 @@
 """Two real gloo processes: gradient synchronisation, a distributed CLI run, distributed evaluation."""
+import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 import distributed
 import arguments
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
-from test_train_cli import run_cli, small_run
+from runtime.errors import MissingFileError, PeerStopped
+from test_train_cli import PROJECT_ROOT, run_cli, small_run
 
 NET = dict(model="ResNetSE34L", optimizer="sgd", trainfunc="angleproto", nPerSpeaker=2, nOut=16, n_mels=40,
            log_input=True, encoder_type="SAP")
@@ -43,6 +48,7 @@ def ddp_worker(rank: int, port: str, folder: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_ddp_gradients_are_the_average_of_the_ranks(tmp_path):
     mp.spawn(ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     synced = [torch.load(tmp_path / f"grads{rank}.pt") for rank in (0, 1)]
@@ -59,6 +65,7 @@ def test_ddp_gradients_are_the_average_of_the_ranks(tmp_path):
         assert torch.allclose(gradient, expected, rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.integration
 def test_distributed_cli_training_and_evaluation(tiny_corpus, tmp_path):
     save_path = tmp_path / "ddp"
     extra = ("--distributed", "--nproc", "2", "--port", free_port())
@@ -76,3 +83,57 @@ def test_distributed_cli_training_and_evaluation(tiny_corpus, tmp_path):
     single_scores = trainer.evaluateFromList(**vars(args))[0]
     assert len(single_scores) == tiny_corpus["trials"]
     np.testing.assert_allclose(distributed_scores, single_scores, rtol=1e-5, atol=2e-6)
+
+
+def from_main_worker(rank: int, port: str, folder: str) -> None:
+    """Rank 1 would read another file (a node-local disk) than rank 0; both must get rank 0's content."""
+    distributed.init_process_group(distributed.Context(rank, 2, rank, 2, True), torch.device("cpu"), port)
+    own_file = f"{folder}/state{rank}.txt"
+    shared = distributed.from_main(lambda: open(own_file).read())
+    try:
+        distributed.from_main(lambda: (_ for _ in ()).throw(MissingFileError(f"{own_file} is gone")))
+        outcome = "no error"
+    except PeerStopped:
+        outcome = "stopped quietly"
+    except MissingFileError as error:
+        outcome = f"error: {error}"
+    with open(f"{folder}/result{rank}.txt", "w") as handle:
+        handle.write(f"{shared}|{outcome}|{distributed.gather_list(rank * 10)}")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.integration
+def test_rank_zero_reads_and_every_rank_gets_its_content(tmp_path):
+    (tmp_path / "state0.txt").write_text("rank zero's state")
+    (tmp_path / "state1.txt").write_text("a stale copy on another node")
+    mp.spawn(from_main_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    results = [(tmp_path / f"result{rank}.txt").read_text().split("|") for rank in (0, 1)]
+    assert [shared for shared, _, _ in results] == ["rank zero's state"] * 2
+    assert results[0][1] == f"error: {tmp_path}/state0.txt is gone" and results[1][1] == "stopped quietly"
+    assert [gathered for _, _, gathered in results] == ["[0, 10]"] * 2
+
+
+def torchrun(argv: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+               "trainSpeakerNet.py", *argv]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.mark.integration
+def test_torchrun_training_keeps_each_ranks_random_state(tiny_corpus, tmp_path):
+    save_path = tmp_path / "torchrun"
+    result = torchrun(small_run(tiny_corpus, save_path, "--max_epoch", "1", "--batch_size", "2", "--distributed"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Epoch 1, TEER/TAcc") == 1  # rank 0 logs
+    content = torch.load(save_path / "model" / "model000000001.model", weights_only=True)
+    per_rank = content["rank_rng_states"]
+    assert len(per_rank) == 2 and torch.equal(per_rank[0]["torch"], content["rng_state"]["torch"])
+
+
+@pytest.mark.integration
+def test_torchrun_without_distributed_is_refused(tiny_corpus, tmp_path):
+    result = torchrun(small_run(tiny_corpus, tmp_path / "alone", "--max_epoch", "1"))
+    assert result.returncode != 0
+    assert "Error (rank 0 of 2): started by torchrun with 2 processes but without --distributed" in result.stderr
+    assert not (tmp_path / "alone" / "model").exists()

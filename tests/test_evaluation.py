@@ -1,5 +1,7 @@
 """evaluation: trial lists, batched embedding extraction and vectorised scoring on generated audio."""
 
+import argparse
+
 import numpy as np
 import pytest
 import soundfile
@@ -216,3 +218,26 @@ def test_cpu_placement_is_channels_last_and_keeps_embeddings_and_checkpoints(tmp
         fresh = SpeakerNet(**settings).eval()
         fresh.load_state_dict(torch.load(tmp_path / "placed.model", weights_only=True))
         torch.testing.assert_close(fresh(audio), plain(audio), rtol=1e-5, atol=1e-5)
+
+
+def test_embeddings_cache_key_covers_model_options(tiny_corpus, tmp_path, capsys):
+    """Two models with the same weights but another --log_input give other embeddings: no stale reuse."""
+    from SpeakerNet import SpeakerNet
+
+    def net(log_input: bool) -> SpeakerNet:
+        torch.manual_seed(0)
+        return SpeakerNet(model="ResNetSE34L", optimizer="adam", trainfunc="angleproto", nPerSpeaker=2, nOut=16,
+                          n_mels=40, log_input=log_input, encoder_type="SAP").eval()
+
+    args = argparse.Namespace(eval_frames=50, num_eval=2, nDataLoaderThread=0, eval_files_per_batch=0,
+                              embeddings_cache=str(tmp_path / "cache.pt"))
+    roots = {tiny_corpus["test_path"]: ["id00000/sess0/00000.wav"]}
+    with_log, without_log = net(True), net(False)
+    assert evaluation.model_fingerprint(with_log) == evaluation.model_fingerprint(without_log)
+    first = evaluation.embed_paths(with_log, roots, args, torch.device("cpu"), None)
+    again = evaluation.embed_paths(without_log, roots, args, torch.device("cpu"), None)
+    assert "other weights or crop settings" in capsys.readouterr().out
+    (name,) = first
+    assert not torch.allclose(first[name], again[name], atol=1e-3)
+    assert evaluation.embed_paths(without_log, roots, args, torch.device("cpu"), None)[name].equal(again[name])
+    assert "Reusing 1 embeddings" in capsys.readouterr().out

@@ -72,12 +72,35 @@ def test_several_lists_cache_asnorm_and_calibration(speaker_net, tiny_corpus, tm
     assert again[tiny_corpus["test_list"]]["eer"] == first[tiny_corpus["test_list"]]["eer"]
 
 
-def test_cosine_snorm_without_score_file(speaker_net, tiny_corpus, tmp_path):
+def brute_force_eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    """EER in percent where miss and false-alarm rates are closest, over every threshold (the larger of the two)."""
+    best = None
+    for threshold in np.concatenate([np.sort(scores), [np.inf]]):
+        miss = np.mean(scores[labels == 1] < threshold)
+        false_alarm = np.mean(scores[labels == 0] >= threshold)
+        if best is None or abs(miss - false_alarm) < best[0]:
+            best = (abs(miss - false_alarm), 100 * max(miss, false_alarm))
+    return best[1]
+
+
+def test_cosine_snorm_without_score_file(speaker_net, tiny_corpus, tmp_path, tmp_path_factory):
     args = make_args(tiny_corpus, tmp_path, "--score_norm", "snorm", "--cohort_utterances", "1", scoring="cosine",
                      score_file="")
     result = evaluation.run_evaluation(speaker_net, args)[tiny_corpus["test_list"]]
-    assert 0 <= result["eer"] <= 100 and "cllr" not in result
+    assert "cllr" not in result
     assert not list(tmp_path.iterdir())
+    elsewhere = tmp_path_factory.mktemp("written")
+    written = {}
+    for norm in ("snorm", "none"):
+        path = elsewhere / f"{norm}.txt"
+        evaluation.run_evaluation(speaker_net, make_args(tiny_corpus, elsewhere, "--score_norm", norm,
+                                                         "--cohort_utterances", "1", scoring="cosine",
+                                                         score_file=str(path)))
+        written[norm] = [float(row[0]) for row in read_scores(path)]
+    scores = np.array(written["snorm"])
+    labels = np.array([int(line.split()[0]) for line in open(tiny_corpus["test_list"])])
+    assert result["eer"] == pytest.approx(brute_force_eer(scores, labels), abs=1e-9)
+    assert not np.allclose(scores, written["none"], atol=1e-3), "s-norm changed the scores"
 
 
 @pytest.mark.parametrize("flags, message, one_class", [

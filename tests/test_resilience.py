@@ -13,8 +13,10 @@ from test_train_cli import PROJECT_ROOT, checkpoint_names, epoch_log, run_cli, s
 
 
 def resilient_run(corpus, save_path, *extra) -> list[str]:
-    """Batches of 2 speakers, so an epoch has several steps to interrupt."""
-    return small_run(corpus, save_path, "--batch_size", "2", "--max_epoch", "3", "--test_interval", "3", *extra)
+    """Batches of 2 speakers, so an epoch has several steps to interrupt, each long enough (1 s crops) for the
+    test to see a step's saved state and stop the run before the epoch ends."""
+    return small_run(corpus, save_path, "--batch_size", "2", "--max_epoch", "3", "--test_interval", "3",
+                     "--max_frames", "100", *extra)
 
 
 def start(argv):
@@ -29,40 +31,106 @@ def wait_for(condition, process, seconds=300):
     assert condition(), "the run ended before the moment to interrupt it"
 
 
-@pytest.fixture(scope="module")
+LOSS_FLAGS = {  # one loss without randomness per speaker pair, one classifier, one that draws random negatives
+    "angleproto": [],
+    "softmax": ["--trainfunc", "softmax", "--nPerSpeaker", "1", "--nClasses", "6"],
+    "triplet": ["--trainfunc", "triplet", "--hard_prob", "0.5", "--hard_rank", "1", "--margin", "0.3",
+                "--batch_size", "3"],  # 3 speakers a batch: 2 candidate negatives per anchor to draw from
+}
+_references: dict[str, dict] = {}
+
+
+@pytest.fixture
 def reference(tiny_corpus, tmp_path_factory):
-    save_path = tmp_path_factory.mktemp("reference")
-    run_cli(resilient_run(tiny_corpus, save_path))
-    return epoch_log(save_path)
+    """The epoch log of an uninterrupted run with the given loss (made once per loss)."""
+    def log(loss: str = "angleproto") -> dict:
+        if loss not in _references:
+            save_path = tmp_path_factory.mktemp(f"reference_{loss}")
+            run_cli(resilient_run(tiny_corpus, save_path, *LOSS_FLAGS[loss]))
+            _references[loss] = epoch_log(save_path)
+        return _references[loss]
+    return log
 
 
-def test_sigkill_then_resume_gives_identical_losses(tiny_corpus, tmp_path, reference):
+def saved_position(save_path) -> tuple[int, int]:
+    """(epochs completed, batches of the next epoch) in model/resume.model; (-1, 0) before the first save."""
+    try:
+        content = torch.load(save_path / "model" / "resume.model", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return -1, 0
+    return int(content["epoch"]), int(content.get("epoch_totals", {}).get("steps", 0))
+
+
+def inside_epoch(epoch: int, position: tuple[int, int]) -> bool:
+    """Whether a saved position lies after at least one batch of `epoch`."""
+    return position[0] == epoch - 1 and position[1] >= 1
+
+
+def loader_workers_started(pid: int) -> bool:
+    """Whether the process has started a DataLoader worker (the signal then reaches workers that are starting)."""
+    try:
+        return len(open(f"/proc/{pid}/task/{pid}/children").read().split()) >= 1
+    except OSError:
+        return False
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("loss", sorted(LOSS_FLAGS))
+def test_sigkill_inside_an_epoch_then_resume_gives_identical_losses(tiny_corpus, tmp_path, reference, loss):
     save_path = tmp_path / "killed"
-    argv = resilient_run(tiny_corpus, save_path, "--checkpoint_minutes", "0.0001")  # a state after every step
-    process = start(argv)
-    log = save_path / "result" / "scores.txt"
-    wait_for(lambda: log.exists() and "Epoch 1," in log.read_text(), process)
-    time.sleep(0.3)  # somewhere inside epoch 2 (or writing its state)
+    argv = resilient_run(tiny_corpus, save_path, *LOSS_FLAGS[loss])
+    process = start([*argv, "--checkpoint_minutes", "0.0001"])  # a resume state after every step
+    wait_for(lambda: inside_epoch(2, saved_position(save_path)), process)
     process.kill()
     process.wait()
-    assert "Resumed from" in run_cli(argv).stdout
-    assert epoch_log(save_path) == reference
+    completed, steps = saved_position(save_path)
+    log = (save_path / "result" / "scores.txt").read_text()
+    assert completed == 1 and 1 <= steps and "Epoch 1," in log and "Epoch 2," not in log, "killed inside epoch 2"
+    resumed = run_cli(argv).stdout
+    assert f"continuing with epoch 2 after its first {steps} batches" in resumed
+    assert epoch_log(save_path) == reference(loss)
 
 
-def test_sigterm_saves_mid_epoch_and_resume_continues_there(tiny_corpus, tmp_path, reference):
+@pytest.mark.integration
+def test_sigterm_to_the_whole_job_with_loader_workers_saves_and_resumes(tiny_corpus, tmp_path, reference):
+    """SLURM and torchrun signal every process of the job, the DataLoader workers included."""
     save_path = tmp_path / "preempted"
-    argv = resilient_run(tiny_corpus, save_path)
+    argv = resilient_run(tiny_corpus, save_path, "--nDataLoaderThread", "2")
+    process = subprocess.Popen([sys.executable, "trainSpeakerNet.py", *argv], cwd=PROJECT_ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    wait_for(lambda: loader_workers_started(process.pid), process)  # epoch 1 has started
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0 and "Stopped by signal" in output, output[-3000:]
+    assert "killed by signal" not in output and "Traceback" not in output
+    completed, steps = saved_position(save_path)
+    assert completed == 0 and steps >= 1, "the state was saved inside epoch 1"
+    resumed = run_cli(argv).stdout
+    assert f"continuing with epoch 1 after its first {steps} batches" in resumed
+    assert epoch_log(save_path) == reference()
+    assert "model000000003.model" in checkpoint_names(save_path)
+
+
+@pytest.mark.integration
+def test_run_from_initial_model_continues_from_its_own_state(tiny_corpus, tmp_path, reference):
+    start_from = tmp_path / "start"
+    run_cli(resilient_run(tiny_corpus, start_from, "--max_epoch", "1", "--test_interval", "1"))
+    initial = ["--initial_model", str(start_from / "model" / "model000000001.model")]
+    uninterrupted = tmp_path / "uninterrupted"
+    run_cli(resilient_run(tiny_corpus, uninterrupted, *initial))
+    save_path = tmp_path / "stopped"
+    argv = resilient_run(tiny_corpus, save_path, *initial)
     process = start(argv)
-    wait_for(lambda: list((save_path / "result").glob("run*.cmd")), process)  # the handler is installed
+    wait_for(lambda: list((save_path / "result").glob("run*.cmd")), process)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0 and "Stopped by signal" in output
-    content = torch.load(save_path / "model" / "resume.model", weights_only=True)
-    assert content["epoch"] == 0 and content["epoch_totals"]["steps"] >= 1
+    completed, steps = saved_position(save_path)
     resumed = run_cli(argv).stdout
-    assert f"continuing with epoch 1 after its first {content['epoch_totals']['steps']} batches" in resumed
-    assert epoch_log(save_path) == reference
-    assert "model000000003.model" in checkpoint_names(save_path)
+    assert (f"Resumed from {save_path / 'model' / 'resume.model'}; continuing with epoch {completed + 1}"
+            in resumed) and "was where this run started" in resumed
+    assert epoch_log(save_path) == epoch_log(uninterrupted) != reference()
 
 
 class PoisonedLoss(torch.nn.Module):

@@ -130,10 +130,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_and_exit_status_1(case, bad, tiny_corpus, capsys):
+def test_bad_input_is_one_line_and_exit_status_1(case, bad, tiny_corpus, tmp_path, capsys):
     flags, fragment = CASES[case]
     line = stop_line(capsys, bad.run(*flags(bad, tiny_corpus)))
     assert re.search(fragment, line), line
+    assert not (tmp_path / "exp" / "result" / "scores.txt").exists(), "stopped before the first epoch"
 
 
 def test_torchrun_without_distributed_is_refused(bad, capsys):
