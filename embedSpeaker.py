@@ -148,12 +148,15 @@ def check_output(output: str, n_files: int) -> None:
         raise ConfigError(f"Output {output} must end in .npy (one file) or .npz (several)")
     if output.endswith(".npy") and n_files != 1:
         raise ConfigError(f"{n_files} files cannot go into one .npy; name an .npz output")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"Cannot create the folder of --output {output}: {error.strerror}") from None
 
 
 def save_embeddings(embeddings: dict[str, np.ndarray], output: str) -> None:
     """One file -> .npy; several -> .npz keyed by path (temporary file, then rename; folders created)."""
     check_output(output, len(embeddings))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with atomic_write(output) as temporary, open(temporary, "wb") as handle:
         if output.endswith(".npy"):
             np.save(handle, next(iter(embeddings.values())))
