@@ -75,3 +75,22 @@ def check_input_length(x: torch.Tensor, min_samples: int, model_name: str) -> No
             f"{model_name} needs at least {min_samples} samples per input "
             f"({min_samples / SAMPLE_RATE:.3f} s at 16 kHz), got {x.shape[-1]}; use longer audio or crops "
             f"(--max_frames / --eval_frames)")
+
+
+class MeanNormalisedFbank(nn.Module):
+    """Waveform [B, samples] -> log mel filterbank [B, n_mels, frames] minus each utterance's mean over time.
+
+    The front end of the fbank models (ECAPA_TDNN, ResNet34/221/293, CAMPPlus): 25 ms Hamming window, 10 ms hop,
+    512-point FFT, mel power with a 1e-6 floor before the log, mean normalisation only (no variance scaling).
+    Computed in float32 with autocast disabled and without gradient, batched with plain torch/torchaudio ops.
+    """
+
+    def __init__(self, n_mels: int = 80) -> None:
+        super().__init__()
+        self.mel = mel_filterbank(n_mels, window_fn=torch.hamming_window)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a [B, samples] waveform batch."""
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            feats = (self.mel(x.float()) + 1e-6).log()
+            return feats - feats.mean(dim=-1, keepdim=True)

@@ -1,0 +1,124 @@
+"""ECAPA-TDNN (Desplanques et al. 2020) in wespeaker's ECAPA_TDNN_GLOB form, on a mean-normalised fbank.
+
+A 5-frame TDNN layer, three SE-Res2Net blocks (dilations 2, 3, 4, scale 8), multi-layer feature aggregation
+into 1536 channels, channel- and context-dependent attentive statistics pooling (ASTP with the utterance mean
+and std as global context), BatchNorm and a linear embedding. Every convolution is followed by ReLU then
+BatchNorm. The pooling is ASTP by definition, so --encoder_type is ignored; the features are always log mel,
+so --log_input is ignored. The recipes set --n_mels 80.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.FrontEnd import MeanNormalisedFbank, check_input_length, min_samples_for
+from models.StatsPooling import AttentiveStatsPooling
+
+OPTIONS = {"channels": (int, 512, "ECAPA_TDNN: channels of the SE-Res2Net blocks (published: 512, 1024; "
+                                 "any multiple of 8)")}
+
+RES2NET_SCALE = 8
+DILATIONS = (2, 3, 4)
+AGGREGATED_CHANNELS = 1536  # the aggregation conv's width, the same for 512 and 1024 channels
+SE_BOTTLENECK = 128
+
+
+class ConvReluBn(nn.Sequential):
+    """1-D convolution (same length, with bias) -> ReLU -> BatchNorm."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> None:
+        super().__init__(
+            nn.Conv1d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
+                      dilation=dilation),
+            nn.ReLU(),
+            nn.BatchNorm1d(out_channels),
+        )
+
+
+class Res2Conv(nn.Module):
+    """Res2Net convolution: `scale` channel groups, each conv fed its group plus the previous group's output.
+
+    The last group passes through unchanged, so the block mixes several receptive-field sizes.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        width = channels // scale
+        self.convs = nn.ModuleList(ConvReluBn(width, width, kernel_size, dilation) for _ in range(scale - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, T] -> [B, C, T]."""
+        groups = torch.chunk(x, self.scale, dim=1)
+        outputs: list[torch.Tensor] = []
+        for group, conv in zip(groups, self.convs):
+            outputs.append(conv(group if not outputs else group + outputs[-1]))
+        outputs.append(groups[-1])
+        return torch.cat(outputs, dim=1)
+
+
+class SqueezeExcitation1d(nn.Module):
+    """Rescale each channel by a sigmoid gate computed from its mean over time."""
+
+    def __init__(self, channels: int, bottleneck: int = SE_BOTTLENECK) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(channels, bottleneck)
+        self.linear2 = nn.Linear(bottleneck, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate [B, C, T] channel-wise."""
+        gate = torch.sigmoid(self.linear2(torch.relu(self.linear1(x.mean(dim=-1)))))
+        return x * gate.unsqueeze(-1)
+
+
+class SERes2Block(nn.Module):
+    """1x1 conv, dilated Res2Net conv (kernel 3), 1x1 conv, squeeze-excitation, plus the input."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvReluBn(channels, channels),
+            Res2Conv(channels, kernel_size=3, dilation=dilation, scale=RES2NET_SCALE),
+            ConvReluBn(channels, channels),
+            SqueezeExcitation1d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, T] -> [B, C, T]."""
+        return x + self.body(x)
+
+
+class ECAPA_TDNN(nn.Module):
+    """Waveform [B, samples] -> fbank -> TDNN + 3 SE-Res2Net blocks -> aggregation -> ASTP -> BN -> linear."""
+
+    model_name = "ECAPA_TDNN"
+
+    def __init__(self, nOut: int, channels: int, n_mels: int) -> None:
+        super().__init__()
+        if channels < RES2NET_SCALE or channels % RES2NET_SCALE:
+            raise ValueError(f"{self.model_name}: --channels must be a positive multiple of the Res2Net scale "
+                             f"{RES2NET_SCALE} (published sizes: 512, 1024), got {channels}")
+        self.fbank = MeanNormalisedFbank(n_mels)
+        self.layer1 = ConvReluBn(n_mels, channels, kernel_size=5)
+        self.blocks = nn.ModuleList(SERes2Block(channels, dilation) for dilation in DILATIONS)
+        self.aggregate = nn.Conv1d(channels * len(DILATIONS), AGGREGATED_CHANNELS, kernel_size=1)
+        self.pool = AttentiveStatsPooling(AGGREGATED_CHANNELS, global_context=True)
+        self.bn = nn.BatchNorm1d(self.pool.out_dim)
+        self.embedding = nn.Linear(self.pool.out_dim, nOut)
+        self.min_samples = min_samples_for(lambda frames: frames - 1)  # the time std needs two frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Waveform [B, samples] -> embedding [B, nOut]."""
+        check_input_length(x, self.min_samples, self.model_name)
+        x = self.layer1(self.fbank(x))
+        block_outputs = []
+        for block in self.blocks:
+            x = block(x)
+            block_outputs.append(x)
+        x = torch.relu(self.aggregate(torch.cat(block_outputs, dim=1)))
+        return self.embedding(self.bn(self.pool(x)))
+
+
+def MainModel(nOut: int = 192, channels: int = 512, n_mels: int = 80, **kwargs) -> nn.Module:
+    """Build ECAPA-TDNN with `channels` block channels (512: 6.19M, 1024: 14.66M parameters; 80 mels, nOut 192)."""
+    return ECAPA_TDNN(nOut, channels, n_mels)

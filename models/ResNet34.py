@@ -1,0 +1,18 @@
+"""ResNet34 (wespeaker): basic blocks 3-4-6-3, widths 32-256, statistics pooling, one linear embedding.
+
+Runs on a mean-normalised fbank (the recipes set --n_mels 80 and --nOut 256). The pooling is chosen with
+--pooling (TSTP or ASTP); --encoder_type and --log_input are ignored (the features are always log mel).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from models.ResNetFamily import BasicBlock, FbankResNet
+
+OPTIONS = {"pooling": (str, "TSTP", "ResNet34/221/293: temporal pooling, TSTP (mean and std over time) or "
+                                    "ASTP (attentive statistics)")}
+
+
+def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", **kwargs) -> nn.Module:
+    """Build ResNet34 (6.63M parameters with 80 mels, nOut 256 and TSTP)."""
+    return FbankResNet(BasicBlock, [3, 4, 6, 3], nOut, n_mels, pooling, "ResNet34")

@@ -1,0 +1,99 @@
+"""wespeaker-style ResNets on a mean-normalised fbank map: plain basic and bottleneck blocks, statistics pooling.
+
+Shared by ResNet34, ResNet221 and ResNet293 (and the 2-D head of CAMPPlus). Unlike ResNetBlocks.py these blocks
+have no squeeze-excitation and apply BatchNorm before each ReLU.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.FrontEnd import MeanNormalisedFbank, check_input_length, conv_length, min_samples_for
+from models.ResNetBlocks import make_layer
+from models.StatsPooling import statistics_pooling
+
+BASE_WIDTH = 32  # channels of the stem and the first stage; stages 2-4 double it each time
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and ReLU, plus the (possibly projected) input."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int | tuple[int, int] = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block to [B, C, H, W]."""
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + residual)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 convolutions widening to 4x `planes`, plus the (possibly projected) input."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int | tuple[int, int] = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block to [B, C, H, W]."""
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + residual)
+
+
+def halved_three_times(size: int) -> int:
+    """Length of an axis after three stride-2 3x3 convolutions (padding 1)."""
+    for _ in range(3):
+        size = conv_length(size, 3, 2, 1)
+    return size
+
+
+class FbankResNet(nn.Module):
+    """Waveform -> fbank [B, 1, n_mels, T] -> 3x3 stem -> four stages (stride 2 in 2-4) -> TSTP/ASTP -> linear."""
+
+    def __init__(self, block: type[nn.Module], layers: list[int], nOut: int, n_mels: int, pooling: str,
+                 model_name: str) -> None:
+        super().__init__()
+        self.model_name = model_name
+        widths = [BASE_WIDTH * 2 ** stage for stage in range(4)]
+        self.fbank = MeanNormalisedFbank(n_mels)
+        self.conv1 = nn.Conv2d(1, BASE_WIDTH, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(BASE_WIDTH)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = make_layer(block, BASE_WIDTH, widths[0], layers[0])
+        self.layer2 = make_layer(block, widths[0] * block.expansion, widths[1], layers[1], stride=2)
+        self.layer3 = make_layer(block, widths[1] * block.expansion, widths[2], layers[2], stride=2)
+        self.layer4 = make_layer(block, widths[2] * block.expansion, widths[3], layers[3], stride=2)
+        self.pool = statistics_pooling(pooling, widths[3] * block.expansion * halved_three_times(n_mels),
+                                       model_name)
+        self.embedding = nn.Linear(self.pool.out_dim, nOut)
+        # the pooled time std needs two frames after the three time strides
+        self.min_samples = min_samples_for(lambda frames: halved_three_times(frames) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Waveform [B, samples] -> embedding [B, nOut]."""
+        check_input_length(x, self.min_samples, self.model_name)
+        x = self.relu(self.bn1(self.conv1(self.fbank(x).unsqueeze(1))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.embedding(self.pool(x))
