@@ -1,25 +1,24 @@
 """Train/test datasets, MUSAN/RIR augmentation and the speaker-balanced sampler of voxceleb_trainer."""
 
-import atexit
 import collections
-import contextlib
 import functools
 import glob
+import itertools
 import multiprocessing
 import os
 import random
-import signal as signals
 import warnings
-from collections.abc import Iterable, Iterator
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from scipy import signal
-from tqdm import tqdm
 
-from AudioReader import AudioReadError, LoaderStats, load_crops, loadWAV  # noqa: F401 (loadWAV is part of the API)
+from audio.effects import convolve_rir, mix_noises
+from audio.file_lists import check_files_exist, read_train_list
+from audio.reading import AudioReadError, LoaderStats, load_crops, loadWAV  # noqa: F401 (loadWAV is part of the API)
+from runtime import distributed
 from runtime.errors import DataError, MissingFileError
+from runtime.loader_workers import batches, ignore_stop_signals  # noqa: F401 (batches: loops over loaders use it)
 
 # dB ranges of the signal-to-noise ratio, drawn uniformly per noise file.
 NOISE_SNR = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}
@@ -30,12 +29,6 @@ AUGMENT_TYPES = ("none", "reverb", "music", "speech", "noise")
 
 PREPARE_HINT = ("run `python dataprep.py --save_path data --augment` to download and split MUSAN and the "
                 "RIRs, or point --musan_path / --rir_path at existing folders")
-
-
-def power_db(audio: np.ndarray) -> float:
-    """Signal power in dB with the original's +1e-4 floor."""
-    flat = audio.ravel()
-    return float(10 * np.log10(float(np.dot(flat, flat)) / max(flat.size, 1) + 1e-4))
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,27 +57,6 @@ def rir_index(rir_path: str) -> tuple[str, ...]:
             f"--augment needs room impulse responses in {rir_path}/<room_type>/<Room>/<file>.wav, "
             f"but found none: {PREPARE_HINT}")
     return files
-
-
-def noise_gain(clean_db: float, noise_db: float, snr_db: float) -> float:
-    """Amplitude factor that puts a noise at `snr_db` below the clean signal."""
-    return float(np.sqrt(10 ** ((clean_db - noise_db - snr_db) / 10)))
-
-
-def mix_noises(audio: np.ndarray, noises: list[np.ndarray], snrs_db: list[float]) -> np.ndarray:
-    """Add each noise crop to `audio` scaled to its SNR (all shaped like `audio`)."""
-    clean_db = power_db(audio)
-    mixed = audio.astype(np.float32, copy=True)
-    for noise, snr_db in zip(noises, snrs_db):
-        mixed += np.float32(noise_gain(clean_db, power_db(noise), snr_db)) * noise
-    return mixed
-
-
-def convolve_rir(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
-    """Convolve `[1, n]` audio with a unit-energy RIR by FFT (float32), keeping the first n samples."""
-    rir = (rir / np.sqrt(np.sum(np.square(rir, dtype=np.float64)))).astype(np.float32)
-    wet = signal.fftconvolve(audio.astype(np.float32), rir[np.newaxis, :], mode="full", axes=-1)
-    return wet[:, :audio.shape[-1]]
 
 
 def draw_noises(files: tuple[str, ...], category: str, rng: np.random.Generator) -> list[tuple[str, float]]:
@@ -130,63 +102,6 @@ class AugmentWAV:
         if kind == "reverb":
             return self.reverberate(audio, rng)
         return self.additive_noise(kind, audio, rng)
-
-
-def missing_files(paths: list[str], desc: str = "checking files") -> list[str]:
-    """The paths that do not exist, in list order; lists each folder once instead of a stat per file."""
-    by_folder = collections.defaultdict(list)
-    for path in paths:
-        by_folder[os.path.dirname(path)].append(os.path.basename(path))
-    missing = set()
-    for folder, names in tqdm(by_folder.items(), desc=desc, unit="folder", leave=False):
-        try:
-            present = set(os.listdir(folder or "."))
-        except OSError:
-            present = set()
-        candidates = (os.path.join(folder, name) for name in names if name not in present)
-        missing.update(path for path in candidates if not os.path.exists(path))
-    return [path for path in paths if path in missing]
-
-
-def check_files_exist(paths: list[str], list_name: str, root_flag: str, root: str) -> None:
-    """Raise one error listing the first missing files and their count."""
-    missing = missing_files(paths, f"checking {os.path.basename(list_name)}")
-    if missing:
-        raise MissingFileError(
-            f"{len(missing)} of {len(paths)} files named in {list_name} do not exist under {root_flag} {root} "
-            f"(first: {', '.join(missing[:3])}); fix {root_flag} (paths are {root_flag}/<relative path>) or the list")
-
-
-def read_train_list(train_list: str, train_path: str) -> tuple[list[str], list[str]]:
-    """Speaker ids and full paths from `<speaker_id> <relative_path>` lines (blank lines skipped)."""
-    speakers, paths = [], []
-    for number, line in enumerate(read_list_lines(train_list, "train list", "--train_list"), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            raise DataError(f"{train_list} line {number}: expected '<speaker_id> <relative_path>', "
-                            f"got {line.strip()!r}")
-        speakers.append(fields[0])
-        paths.append(os.path.join(train_path, fields[1]))
-    if not paths:
-        raise DataError(f"{train_list} holds no '<speaker_id> <relative_path>' lines")
-    return speakers, paths
-
-
-def read_list_lines(path: str, what: str, flag: str) -> list[str]:
-    """The lines of a list file (UTF-8, an optional byte-order mark dropped); errors name the file and flag."""
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return handle.read().splitlines()
-    except FileNotFoundError:
-        raise MissingFileError(f"Cannot read {what} {path}: it does not exist; check {flag}") from None
-    except IsADirectoryError:
-        raise DataError(f"Cannot read {what} {path}: it is a folder; check {flag}") from None
-    except OSError as error:
-        raise DataError(f"Cannot read {what} {path}: {error.strerror}; check {flag}") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"Cannot read {what} {path}: byte {error.start} is not UTF-8 text; check {flag}") from None
 
 
 class train_dataset_loader(torch.utils.data.Dataset):
@@ -258,22 +173,29 @@ class train_dataset_loader(torch.utils.data.Dataset):
                 index = others[int(rng.integers(len(others)))]
 
 
-def check_training_data(args, world_size: int) -> int:
+def training_data(data, rank: int = 0, world_size: int = 1, check_files: bool = False):
+    """(dataset, sampler) of the data settings for one process of `world_size` (files checked when asked)."""
+    settings = {**asdict(data), "check_files": check_files}
+    dataset = train_dataset_loader(**settings)
+    sampler = train_dataset_sampler(dataset, **{**settings, "distributed": world_size > 1, "rank": rank,
+                                                "world_size": world_size})
+    return dataset, sampler
+
+
+def check_training_data(data, world_size: int) -> int:
     """Check the train list, its files and that every process gets full batches; returns the speaker count."""
-    if args.max_seg_per_spk < args.nPerSpeaker:
-        raise DataError(f"--max_seg_per_spk {args.max_seg_per_spk} is below --nPerSpeaker {args.nPerSpeaker}: "
+    if data.max_seg_per_spk < data.nPerSpeaker:
+        raise DataError(f"--max_seg_per_spk {data.max_seg_per_spk} is below --nPerSpeaker {data.nPerSpeaker}: "
                         "no speaker can fill a batch item")
-    dataset = train_dataset_loader(**dict(vars(args), augment=False))
-    usable = sum(len(items) >= args.nPerSpeaker for items in dataset.speaker_items.values())
-    if usable < args.batch_size:
-        raise DataError(f"--batch_size {args.batch_size} needs that many different speakers with at least "
-                        f"--nPerSpeaker {args.nPerSpeaker} utterances in every batch, but {args.train_list} has "
+    dataset, sampler = training_data(replace(data, augment=False), world_size=world_size, check_files=True)
+    usable = sum(len(items) >= data.nPerSpeaker for items in dataset.speaker_items.values())
+    if usable < data.batch_size:
+        raise DataError(f"--batch_size {data.batch_size} needs that many different speakers with at least "
+                        f"--nPerSpeaker {data.nPerSpeaker} utterances in every batch, but {data.train_list} has "
                         f"{usable}; lower --batch_size to {usable} or less")
-    sampler = train_dataset_sampler(dataset, **dict(vars(args), distributed=world_size > 1, rank=0,
-                                                    world_size=world_size))
     sampler.set_epoch(1)
     if len(sampler) == 0:
-        raise DataError(f"An epoch of {args.train_list} makes no batch of {args.batch_size} different speakers for "
+        raise DataError(f"An epoch of {data.train_list} makes no batch of {data.batch_size} different speakers for "
                         f"each of the {world_size} processes; lower --batch_size")
     return len(dataset.speakers)
 
@@ -338,11 +260,11 @@ class train_dataset_sampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def _rank_and_world(self) -> tuple[int, int]:
+        """This process's share of the batches: (rank, world size) of the joined process group (the original's
+        semantics), else as given; (0, 1) when not distributed."""
         if not self.distributed:
             return 0, 1
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return self.rank, self.world_size
+        return distributed.group_position() or (self.rank, self.world_size)
 
     def epoch_items(self) -> list[list[int]]:
         """This rank's items for the current epoch (computed once per epoch)."""
@@ -392,38 +314,29 @@ class test_dataset_loader(torch.utils.data.Dataset):
         return len(self.test_list)
 
 
-STOP_SIGNALS = {signals.SIGTERM, signals.SIGINT}
+class ResumedSampler(torch.utils.data.Sampler):
+    """An epoch's sampler items less the first `skip` ones (trained before a restart)."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
 
 
-@contextlib.contextmanager
-def batches(loader: Iterable) -> Iterator:
-    """Iterate a DataLoader and stop its worker processes when the loop ends, on errors too: the workers ignore
-    SIGTERM (see worker_init_fn), so they must be told to stop rather than terminated at exit.
+def epoch_loader(dataset, sampler, data, skip_steps: int = 0) -> torch.utils.data.DataLoader:
+    """The DataLoader of one epoch, starting after `skip_steps` batches: [speakers, per_speaker, samples] batches.
 
-    The workers start with SIGTERM and SIGINT blocked, so a signal that arrives before worker_init_fn has run
-    waits and is then ignored instead of killing the worker."""
-    previous = signals.pthread_sigmask(signals.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        iterator = iter(loader)
-    finally:
-        signals.pthread_sigmask(signals.SIG_SETMASK, previous)
-    try:
-        yield iterator
-    finally:
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-
-
-@atexit.register
-def stop_leftover_loader_workers() -> None:
-    """At exit, kill daemonic child processes (DataLoader workers whose loader was never closed): they ignore the
-    SIGTERM that multiprocessing's own exit handler, which runs after this one, sends before waiting for them."""
-    leftover = [process for process in multiprocessing.active_children() if process.daemon]
-    if leftover:
-        signals.signal(signals.SIGCHLD, signals.SIG_DFL)  # the loaders' worker-death check would report the kill
-        for process in leftover:
-            process.kill()
+    It gets its own generator: creating its iterator would otherwise draw from torch's global generator, and a
+    resumed epoch (one iterator more) would continue with other random numbers than an uninterrupted one."""
+    if skip_steps:
+        sampler = ResumedSampler(sampler, skip_steps * data.batch_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, num_workers=data.nDataLoaderThread,
+                                       sampler=sampler, pin_memory=False, drop_last=True,
+                                       worker_init_fn=worker_init_fn, generator=torch.Generator())
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -431,9 +344,7 @@ def worker_init_fn(worker_id: int) -> None:
 
     Workers ignore SIGTERM and SIGINT: schedulers (SLURM, torchrun) and Ctrl-C signal every process of the job,
     and the main process must outlive its workers to write its resume checkpoint; it stops them itself."""
-    for signum in STOP_SIGNALS:
-        signals.signal(signum, signals.SIG_IGN)
-    signals.pthread_sigmask(signals.SIG_UNBLOCK, STOP_SIGNALS)
+    ignore_stop_signals()
     info = torch.utils.data.get_worker_info()
     dataset = info.dataset if info is not None else None
     if getattr(dataset, "seed", None) is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -13,19 +14,24 @@ import torch.nn.functional as F
 import yaml
 
 import arguments
-import calibration
-import checkpoints
-import DatasetLoader
 import evaluation
-from SpeakerNet import SpeakerNet, place_on
+from audio.file_lists import check_files_exist
+from evaluation import calibration
+from runtime import checkpoints
 from runtime.atomic_files import atomic_write
+from runtime.device import place_on
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
+from runtime.plugins import declared_options
+from settings.flags import str2bool
+from settings.sections import ModelSettings
+from SpeakerNet import SpeakerNet
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
-# the trainer's flags that build and score a model; their types and defaults come from the trainer's parser
-MODEL_SETTINGS = ("model", "trainfunc", "encoder_type", "nOut", "n_mels", "log_input", "sinc_stride", "res2net_scale",
-                  "nClasses", "margin", "scale", "easy_margin", "nPerSpeaker", "eval_frames", "num_eval", "scoring")
+# The settings that build and score a model: the model section, the plug-ins' own options and the crops and
+# scoring of --eval; their types and defaults come from the trainer's parser.
+MODEL_SETTINGS = (*(field.name for field in fields(ModelSettings)), *sorted(declared_options()),
+                  "eval_frames", "num_eval", "scoring")
 TRAINER_FLAGS = {action.dest: action for action in arguments.build_parser()._actions}
 
 
@@ -35,7 +41,7 @@ def _cast(name: str, value, source: str):
     try:
         return kind(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
-        raise ConfigError(f"{source}: {name} must be {'bool' if kind is arguments.str2bool else kind.__name__}, "
+        raise ConfigError(f"{source}: {name} must be {'bool' if kind is str2bool else kind.__name__}, "
                          f"got {value!r}") from error
 
 
@@ -64,7 +70,10 @@ def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict)
                 settings[name] = _cast(name, value, source)
             elif name not in MODEL_SETTINGS and source != "command line":
                 settings[name] = value
-    missing = [name for name in ("model", "trainfunc") if not settings[name]]
+    namespace = argparse.Namespace(**settings)
+    arguments.plugin_defaults(namespace)
+    settings = {name: value for name, value in vars(namespace).items() if value is not None}
+    missing = [name for name in ("model", "trainfunc") if not settings.get(name)]
     if missing:
         raise ConfigError(f"Cannot tell the {' and '.join(missing)} of this checkpoint: give "
                          + " and ".join(f"--{name}" for name in missing)
@@ -81,7 +90,7 @@ class SpeakerEmbedder:
         saved_args = content.get("args", {}) if isinstance(content.get("args"), dict) else {}
         self.settings = resolve_settings(saved_args, config, overrides)
         self.device = torch.device(device)
-        self.net = place_on(SpeakerNet(**dict(self.settings, optimizer="adam")), self.device).eval()
+        self.net = place_on(SpeakerNet(**self.settings), self.device).eval()
         report = checkpoints.load_weights(self.net, checkpoints.model_weights(content, checkpoint), checkpoint)
         if report.missing_in("__S__.") or report.mismatched_in("__S__."):
             print(report.text())
@@ -94,8 +103,8 @@ class SpeakerEmbedder:
 
     def embed_files(self, files: list[str], root: str = "", num_workers: int = 0) -> dict[str, np.ndarray]:
         """`[crops, D]` float32 embeddings of files (paths relative to root), batched like --eval."""
-        DatasetLoader.check_files_exist([os.path.join(root, name) for name in files], "the files to embed",
-                                        "--root", root or ".")
+        check_files_exist([os.path.join(root, name) for name in files], "the files to embed", "--root",
+                          root or ".")
         embeddings = evaluation.extract_embeddings(self.net, files, root, self.settings["eval_frames"],
                                                    self.settings["num_eval"], num_workers, self.device)
         return {name: value.numpy() for name, value in embeddings.items()}

@@ -1,82 +1,64 @@
 #!/usr/bin/env python
-"""Train or evaluate a speaker-embedding network: flags + YAML -> one args namespace -> train or --eval."""
+"""Train or evaluate a speaker-embedding network: flags + YAML -> Settings -> checks -> train or --eval."""
 from __future__ import annotations
 
 import argparse
 import datetime
-import glob
-import itertools
 import json
 import os
 import random
 import sys
 import time
 import zipfile
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
 import DatasetLoader
-import checkpoints
-import distributed
 import evaluation
-from arguments import parse_arguments, resolved_config
-from runtime import atomic_files
+from arguments import parse_settings, resolved_config
+from runtime import atomic_files, checkpoints, distributed
+from runtime.checkpoints import ResumePoint
+from runtime.device import choose_gpus, place_on, resolve_device
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
-from SpeakerNet import (ModelTrainer, ResumePoint, RunControl, SpeakerNet, WrappedModel, check_classes,
-                        check_crop_lengths, check_per_speaker, choose_gpus, load_plugin, place_on, resolve_device)
+from runtime.plugins import check_classes, check_crop_lengths, check_per_speaker, load_plugin
+from runtime.run_control import RunControl
+from settings.sections import RunSettings, Settings
+from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+SNAPSHOT_SKIPS = {".venv", "tests", "benchmarks", "data", "exps"}  # folders not copied into the run's code snapshot
 
 
-def write_run_record(args: argparse.Namespace) -> None:
-    """Snapshot of the top-level code (.zip), the Namespace (.cmd) and the resolved config (YAML)."""
+def write_run_record(settings: Settings) -> None:
+    """Snapshot of the code (.zip), the flags (.cmd) and the resolved config (config.yaml) of the run."""
     stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
-    here = os.path.dirname(os.path.abspath(__file__))
-    with zipfile.ZipFile(os.path.join(args.result_save_path, f"run{stamp}.zip"), "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(glob.glob(os.path.join(here, "*.py"))):
-            bundle.write(path, os.path.basename(path))
-    with open(os.path.join(args.result_save_path, f"run{stamp}.cmd"), "w", encoding="utf-8") as handle:
-        handle.write(str(args))
-    atomic_files.write_text(os.path.join(args.save_path, "config.yaml"),
-                            yaml.safe_dump(resolved_config(args), sort_keys=False))
+    result_path = settings.run.result_save_path
+    with zipfile.ZipFile(os.path.join(result_path, f"run{stamp}.zip"), "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(PROJECT_ROOT.rglob("*.py")):
+            relative = path.relative_to(PROJECT_ROOT)
+            if not SNAPSHOT_SKIPS & set(relative.parts):
+                bundle.write(path, relative.as_posix())
+    flags = argparse.Namespace(**settings.flags)
+    atomic_files.write_text(os.path.join(result_path, f"run{stamp}.cmd"), str(flags))
+    atomic_files.write_text(os.path.join(settings.run.save_path, "config.yaml"),
+                            yaml.safe_dump(resolved_config(flags), sort_keys=False))
 
 
-def evaluate(trainer: ModelTrainer, args: argparse.Namespace) -> tuple[float, float] | tuple[None, None]:
+def evaluate(trainer: ModelTrainer, settings: Settings) -> tuple[float, float] | tuple[None, None]:
     """Evaluate during training on the first --test_list: (EER, MinDCF at --dcf_p_target) on rank 0."""
-    first_list = evaluation.trial_list_paths(args.test_list)[0]
-    settings = argparse.Namespace(**dict(vars(args), test_list=first_list, score_file="", fit_calibration=""))
-    results = evaluation.run_evaluation(trainer, settings)
+    first_list = settings.evaluation.test_list[0]
+    results = evaluation.run_evaluation(trainer, replace(settings.evaluation, test_list=(first_list,), score_file="",
+                                                         fit_calibration=""))
     if not results:
         return None, None
     result = results[first_list]
     if "eer" not in result:
         raise DataError(f"{first_list}: evaluation during training needs target and non-target trials")
-    return result["eer"], result["min_dcf"][args.dcf_p_target][0]
-
-
-class ResumedSampler(torch.utils.data.Sampler):
-    """An epoch's sampler items less the first `skip` ones (trained before a restart)."""
-
-    def __init__(self, sampler, skip: int):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)
-
-
-def epoch_loader(dataset, sampler, args: argparse.Namespace, skip_steps: int = 0):
-    """The DataLoader of one epoch, starting after `skip_steps` batches.
-
-    It gets its own generator: creating its iterator would otherwise draw from torch's global generator, and a
-    resumed epoch (one iterator more) would continue with other random numbers than an uninterrupted one."""
-    if skip_steps:
-        sampler = ResumedSampler(sampler, skip_steps * args.batch_size)
-    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.nDataLoaderThread,
-                                       sampler=sampler, pin_memory=False, drop_last=True,
-                                       worker_init_fn=DatasetLoader.worker_init_fn, generator=torch.Generator())
+    return result["eer"], result["min_dcf"][settings.evaluation.dcf_p_target][0]
 
 
 def log_line(scorefile, line: str, end: str = "\n") -> None:
@@ -86,58 +68,57 @@ def log_line(scorefile, line: str, end: str = "\n") -> None:
     scorefile.flush()
 
 
-def log_timing(args: argparse.Namespace, epoch: int, timing: dict) -> None:
+def log_timing(result_save_path: str, epoch: int, timing: dict) -> None:
     """Print where the epoch's time went and append it (with the LR) to result/timing.jsonl."""
     print(f"Epoch {epoch} took {timing['seconds']:.1f} s: data wait {100 * timing['data_wait_share']:.1f}%, "
           f"{timing['samples_per_second']:.1f} samples/s, {timing['nonfinite_steps']} non-finite steps skipped")
-    with open(os.path.join(args.result_save_path, "timing.jsonl"), "a", encoding="utf-8") as handle:
+    with open(os.path.join(result_save_path, "timing.jsonl"), "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"epoch": epoch, **timing}) + "\n")
 
 
-def start_point(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.Context) -> ResumePoint:
+def start_point(trainer: ModelTrainer, run: RunSettings, context: distributed.Context) -> ResumePoint:
     """Continue this run from its own newest state; a new run starts from --initial_model or from scratch.
 
     Rank 0 reads the files and sends them to the other ranks, so only its disk needs the save path."""
-    state = distributed.from_main(lambda: checkpoints.latest_state(args.model_save_path))
+    state = distributed.from_main(lambda: checkpoints.latest_state(run.model_save_path))
     if state is not None:
         point = trainer.resume(*state, rank=context.rank, world_size=context.world_size)
         if context.is_main:
             print(f"Resumed from {state[0]}; continuing with epoch {point.first_epoch}"
                   + (f" after its first {point.skip_steps} batches" if point.skip_steps else "")
-                  + (f" (--initial_model {args.initial_model} was where this run started)"
-                     if args.initial_model else ""))
+                  + (f" (--initial_model {run.initial_model} was where this run started)"
+                     if run.initial_model else ""))
         return point
-    if args.initial_model:
-        content = distributed.from_main(lambda: checkpoints.read_checkpoint(args.initial_model))
-        trainer.loadParameters(args.initial_model, content=content)
+    if run.initial_model:
+        content = distributed.from_main(lambda: checkpoints.read_checkpoint(run.initial_model))
+        trainer.loadParameters(run.initial_model, content=content)
     return ResumePoint()
 
 
-def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.Context) -> None:
+def train(trainer: ModelTrainer, settings: Settings, context: distributed.Context) -> None:
     """The epoch loop: train, log, and every test_interval epochs evaluate and save (rank 0 writes)."""
-    dataset = DatasetLoader.train_dataset_loader(**dict(vars(args), check_files=False))  # checked before the start
-    sampler = DatasetLoader.train_dataset_sampler(dataset, **dict(vars(args), rank=context.rank,
-                                                                   world_size=context.world_size))
-    point = start_point(trainer, args, context)
-    control = RunControl(args.checkpoint_minutes)
+    run, data, optimisation = settings.run, settings.data, settings.optimisation
+    dataset, sampler = DatasetLoader.training_data(data, context.rank, context.world_size)  # checked at the start
+    point = start_point(trainer, run, context)
+    control = RunControl(run.checkpoint_minutes)
     control.install_signal_handlers()
-    resume_path = os.path.join(args.model_save_path, checkpoints.RESUME_NAME)
+    resume_path = os.path.join(run.model_save_path, checkpoints.RESUME_NAME)
     if context.is_main:
-        write_run_record(args)
-    with open(os.path.join(args.result_save_path, "scores.txt"), "a", encoding="utf-8") as scorefile:
-        for epoch in range(point.first_epoch, args.max_epoch + 1):
+        write_run_record(settings)
+    with open(os.path.join(run.result_save_path, "scores.txt"), "a", encoding="utf-8") as scorefile:
+        for epoch in range(point.first_epoch, optimisation.max_epoch + 1):
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             skip = point.skip_steps if epoch == point.first_epoch else 0
             totals = point.totals if epoch == point.first_epoch else None
 
-            def save_state(partial, completed=epoch - 1):
-                trainer.saveParameters(resume_path, completed, partial, write=context.is_main)
+            def save_state(partial, current=epoch):
+                trainer.saveParameters(resume_path, current - 1, partial, write=context.is_main)
                 if context.is_main:
-                    print(f"Saved the training state after {partial.steps} batches of epoch {epoch} to {resume_path}")
+                    print(f"Saved the training state after {partial.steps} batches of epoch {current} to {resume_path}")
 
-            result = trainer.train_network(epoch_loader(dataset, sampler, args, skip), context.is_main, control,
-                                           totals, save_state)
+            result = trainer.train_network(DatasetLoader.epoch_loader(dataset, sampler, data, skip), context.is_main,
+                                           control, totals, save_state)
             if result is None:
                 print(f"Stopped by signal {control.signal_received}; run the same command again to continue.")
                 return
@@ -145,14 +126,14 @@ def train(trainer: ModelTrainer, args: argparse.Namespace, context: distributed.
             if context.is_main:
                 log_line(scorefile, f"Epoch {epoch:d}, TEER/TAcc {traineer:2.2f}, TLOSS {loss:f}, "
                                     f"LR {trainer.last_epoch['lr']:f}", " \n")
-                log_timing(args, epoch, trainer.last_epoch)
+                log_timing(run.result_save_path, epoch, trainer.last_epoch)
                 if dataset.stats.summary():
                     print(f"Training data so far: {dataset.stats.summary()}")
-            if epoch % args.test_interval == 0:
-                eer, min_dcf = evaluate(trainer, args)
+            if epoch % optimisation.test_interval == 0:
+                eer, min_dcf = evaluate(trainer, settings)
                 if context.is_main:
                     log_line(scorefile, f"Epoch {epoch:d}, VEER {eer:2.4f}, MinDCF {min_dcf:2.5f}")
-                stem = os.path.join(args.model_save_path, f"model{epoch:09d}")
+                stem = os.path.join(run.model_save_path, f"model{epoch:09d}")
                 trainer.saveParameters(stem + ".model", epoch, write=context.is_main)
                 if context.is_main:
                     atomic_files.write_text(stem + ".eer", f"{eer:2.4f}")
@@ -169,90 +150,90 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_for_evaluation(trainer: ModelTrainer, args: argparse.Namespace) -> None:
+def load_for_evaluation(trainer: ModelTrainer, run: RunSettings) -> None:
     """--eval: the weights of --initial_model, else of the newest checkpoint in --save_path (all must fit)."""
     def read() -> tuple[str, dict]:
-        if args.initial_model:
-            return args.initial_model, checkpoints.read_checkpoint(args.initial_model)
-        state = checkpoints.latest_state(args.model_save_path)
+        if run.initial_model:
+            return run.initial_model, checkpoints.read_checkpoint(run.initial_model)
+        state = checkpoints.latest_state(run.model_save_path)
         if state is None:
-            raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {args.model_save_path}")
+            raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {run.model_save_path}")
         return state
 
     path, content = distributed.from_main(read)
     trainer.loadParameters(path, strict_model=True, content=content)
 
 
-def main_worker(context: distributed.Context, args: argparse.Namespace) -> None:
+def main_worker(context: distributed.Context, settings: Settings) -> None:
     """Build the model and trainer for this process, then evaluate or train."""
-    device = resolve_device(args.device)
+    run = settings.run
+    device = resolve_device(run.device)
     if context.distributed:
         if device.type == "cuda":
             device = torch.device("cuda", context.local_rank)
             torch.cuda.set_device(device)
-        distributed.init_process_group(context, device, args.port)
-    seed_everything(args.seed)
-    speaker_net = place_on(SpeakerNet(**vars(args)), device)
-    check_crop_lengths(speaker_net.__S__, args.max_frames, args.eval_frames, args.model)
+        distributed.init_process_group(context, device, run.port)
+    seed_everything(run.seed)
+    speaker_net = place_on(SpeakerNet(**settings.flags), device)
+    check_crop_lengths(speaker_net.__S__, settings.data.max_frames, settings.evaluation.eval_frames,
+                       settings.model.model)
     if context.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             speaker_net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     else:
         wrapped = WrappedModel(speaker_net)
-    trainer = ModelTrainer(wrapped, **dict(vars(args), device=device))
+    trainer = ModelTrainer.from_settings(wrapped, settings.optimisation, device, settings.flags, context)
     try:
-        if args.eval:
-            load_for_evaluation(trainer, args)
+        if run.eval:
+            load_for_evaluation(trainer, run)
             if context.is_main:
                 print(f"Total parameters: {sum(p.numel() for p in speaker_net.__S__.parameters())}")
-            evaluation.run_evaluation(trainer, args)
+            evaluation.run_evaluation(trainer, settings.evaluation)
         else:
-            train(trainer, args, context)
+            train(trainer, settings, context)
     finally:
         if context.distributed:
             torch.distributed.destroy_process_group()
 
 
-def prepare_save_path(args: argparse.Namespace) -> None:
+def prepare_save_path(run: RunSettings) -> None:
     """Refuse a --save_path that cannot hold the run; create model/ and result/ for training."""
-    for path in (args.save_path, args.model_save_path, args.result_save_path):
+    for path in (run.save_path, run.model_save_path, run.result_save_path):
         if os.path.exists(path) and not os.path.isdir(path):
             raise ConfigError(f"--save_path: {path} is a file; give a folder (it holds model/ and result/)")
-    if args.eval:
+    if run.eval:
         return
     try:
-        os.makedirs(args.model_save_path, exist_ok=True)
-        os.makedirs(args.result_save_path, exist_ok=True)
+        os.makedirs(run.model_save_path, exist_ok=True)
+        os.makedirs(run.result_save_path, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"Cannot create --save_path {args.save_path}: {error.strerror}") from None
-    for path in (args.model_save_path, args.result_save_path):
+        raise ConfigError(f"Cannot create --save_path {run.save_path}: {error.strerror}") from None
+    for path in (run.model_save_path, run.result_save_path):
         if not os.access(path, os.W_OK):
             raise ConfigError(f"--save_path: cannot write to {path}; choose a folder you can write to")
 
 
-def check_inputs(args: argparse.Namespace) -> None:
+def check_inputs(settings: Settings) -> None:
     """Everything the user gave that can be checked before any process starts or any model is built."""
-    for folder in ("models", "loss", "optimizer", "scheduler"):
-        load_plugin(folder, {"models": args.model, "loss": args.trainfunc, "optimizer": args.optimizer,
-                             "scheduler": args.scheduler}[folder])
-    if args.initial_model and not os.path.isfile(args.initial_model):
-        raise MissingFileError(f"--initial_model {args.initial_model} does not exist")
-    if args.eval:
-        if not args.initial_model and not checkpoints.saved_checkpoints(args.model_save_path) \
-                and not os.path.exists(os.path.join(args.model_save_path, checkpoints.RESUME_NAME)):
-            raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {args.model_save_path}")
-        evaluation.check_inputs(args)
+    run, model, optimisation = settings.run, settings.model, settings.optimisation
+    for folder, name in (("models", model.model), ("loss", model.trainfunc), ("optimizer", optimisation.optimizer),
+                         ("scheduler", optimisation.scheduler)):
+        load_plugin(folder, name)
+    if run.initial_model and not os.path.isfile(run.initial_model):
+        raise MissingFileError(f"--initial_model {run.initial_model} does not exist")
+    if run.eval:
+        if not run.initial_model and not checkpoints.has_training_state(run.model_save_path):
+            raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {run.model_save_path}")
+        evaluation.check_inputs(settings.evaluation)
         return
-    loss = load_plugin("loss", args.trainfunc)
-    check_per_speaker(args.trainfunc, loss, args.nPerSpeaker)
-    world_size = distributed.planned_world_size(args)
-    speakers = DatasetLoader.check_training_data(args, world_size)
-    check_classes(args.trainfunc, loss, args.nClasses, speakers, args.train_list)
-    if args.augment:
-        DatasetLoader.check_augmentation_data(args.musan_path, args.rir_path)
-    first_list = evaluation.trial_list_paths(args.test_list)[:1]
-    during_training = argparse.Namespace(**dict(vars(args), test_list=",".join(first_list), score_file="",
-                                                fit_calibration="", embeddings_cache=""))
+    loss = load_plugin("loss", model.trainfunc)
+    check_per_speaker(model.trainfunc, loss, model.nPerSpeaker)
+    speakers = DatasetLoader.check_training_data(settings.data, distributed.planned_world_size(run))
+    check_classes(model.trainfunc, loss, model.nClasses, speakers, settings.data.train_list)
+    if settings.data.augment:
+        DatasetLoader.check_augmentation_data(settings.data.musan_path, settings.data.rir_path)
+    during_training = replace(settings.evaluation, test_list=settings.evaluation.test_list[:1], score_file="",
+                              fit_calibration="", embeddings_cache="")
     trials = evaluation.check_inputs(during_training)[0][0]
     if len(set(trials.labels[trials.labels >= 0].tolist())) < 2:
         raise DataError(f"{trials.path}: evaluation during training needs target (1) and non-target (0) trials")
@@ -260,18 +241,19 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def run(argv: list[str]) -> int:
     """Parse and check everything, then train or evaluate in one process or several."""
-    args = parse_arguments(argv)
-    distributed.check_launch(args.distributed)
-    visible, args.device = choose_gpus(args.device, args.gpu_id, args.distributed,
-                                       os.environ.get("CUDA_VISIBLE_DEVICES"))
+    settings = parse_settings(argv)
+    distributed.check_launch(settings.run.distributed)
+    visible, device = choose_gpus(settings.run.device, settings.run.gpu_id, settings.run.distributed,
+                                  os.environ.get("CUDA_VISIBLE_DEVICES"))
     if visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    resolve_device(args.device)
+    settings = replace(settings, run=replace(settings.run, device=device), flags={**settings.flags, "device": device})
+    resolve_device(device)
     print(f"Python {sys.version.split()[0]}, PyTorch {torch.__version__}, "
-          f"{torch.cuda.device_count()} GPU(s), save path {args.save_path}")
-    prepare_save_path(args)
-    check_inputs(args)
-    distributed.start(main_worker, args)
+          f"{torch.cuda.device_count()} GPU(s), save path {settings.run.save_path}")
+    prepare_save_path(settings.run)
+    check_inputs(settings)
+    distributed.start(main_worker, settings, settings.run)
     return 0
 
 

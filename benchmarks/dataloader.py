@@ -17,10 +17,11 @@ from scipy import signal
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 from results_file import save_json  # noqa: E402
+
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "dataloader.json"
 
-import AudioReader  # noqa: E402
 import DatasetLoader  # noqa: E402
+from audio import reading as AudioReader  # noqa: E402
 
 
 def write_wav(path: Path, samples: np.ndarray) -> None:

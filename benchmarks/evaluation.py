@@ -16,11 +16,13 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 from results_file import save_json  # noqa: E402
+
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "evaluation.json"
 
 import DatasetLoader  # noqa: E402
 import evaluation  # noqa: E402
-from SpeakerNet import SpeakerNet, autocast_dtype, place_on  # noqa: E402
+from runtime.device import autocast_dtype, place_on  # noqa: E402
+from SpeakerNet import SpeakerNet  # noqa: E402
 
 
 def generate(root: Path, count: int) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 from results_file import save_json  # noqa: E402
+
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "models.json"
 
 # (label, module, constructor kwargs); nOut 512 as the trainer's default

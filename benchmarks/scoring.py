@@ -14,11 +14,12 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 from results_file import save_json  # noqa: E402
+
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "scoring.json"
 
 import evaluation  # noqa: E402
-import scoreNormalization  # noqa: E402
 import tuneThreshold  # noqa: E402
+from evaluation import score_norm as scoreNormalization  # noqa: E402
 
 
 def generate(files: int, trials: int, crops: int, dim: int, speakers: int, seed: int = 0):

@@ -23,12 +23,16 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent))  # before benchmarks/, whose evaluation.py would shadow ours
 from results_file import save_json  # noqa: E402
+
 RESULTS = BENCHMARKS / "results" / "train_throughput.json"
 
+from dataloader import NaiveDataset, generate  # noqa: E402
+
+import arguments  # noqa: E402
 import DatasetLoader  # noqa: E402
 import SpeakerNet  # noqa: E402
 import trainSpeakerNet  # noqa: E402
-from dataloader import NaiveDataset, generate  # noqa: E402
+from runtime import device as placement  # noqa: E402
 
 # Per model: its published set-up, the speakers per batch and the timed steps (V2 is ~7x slower per utterance).
 MODELS = {"ResNetSE34L": {"encoder_type": "SAP", "n_mels": 40, "batch_size": 30, "steps": 24},
@@ -55,7 +59,7 @@ def training_args(root: Path, model: str, augment: bool, batch_size: int, worker
                   device: str) -> argparse.Namespace:
     """The trainer's namespace, parsed by trainSpeakerNet's own parser (so every default is the real one)."""
     setup = MODELS[model]
-    return trainSpeakerNet.parse_arguments([
+    return arguments.parse_arguments([
         "--model", model, "--encoder_type", setup["encoder_type"], "--n_mels", str(setup["n_mels"]),
         "--log_input", "True", "--trainfunc", "angleproto", "--nPerSpeaker", str(N_PER_SPEAKER),
         "--batch_size", str(batch_size), "--max_frames", str(MAX_FRAMES), "--nDataLoaderThread", str(workers),
@@ -68,10 +72,10 @@ def build_trainer(args: argparse.Namespace, mixedprec: bool) -> SpeakerNet.Model
     """A ModelTrainer as trainSpeakerNet builds it; mixedprec: float16 on CUDA, bfloat16 forced on a CPU."""
     device = torch.device(args.device)
     trainSpeakerNet.seed_everything(args.seed)
-    model = SpeakerNet.WrappedModel(SpeakerNet.place_on(SpeakerNet.SpeakerNet(**vars(args)), device))
-    with mock.patch.object(SpeakerNet, "cpu_has_fast_bfloat16", return_value=mixedprec):
+    model = SpeakerNet.WrappedModel(placement.place_on(SpeakerNet.SpeakerNet(**vars(args)), device))
+    with mock.patch.object(placement, "cpu_has_fast_bfloat16", return_value=mixedprec):
         trainer = SpeakerNet.ModelTrainer(model, **dict(vars(args), mixedprec=mixedprec, device=device))
-        assert trainer.autocast_dtype == SpeakerNet.autocast_dtype(device, mixedprec)
+        assert trainer.autocast_dtype == placement.autocast_dtype(device, mixedprec)
     return trainer
 
 
@@ -102,7 +106,7 @@ def trained_epoch(trainer: SpeakerNet.ModelTrainer, batches) -> dict:
 
 def ours(trainer: SpeakerNet.ModelTrainer, dataset, sampler, args: argparse.Namespace, steps: int) -> dict:
     """Our real path: train_network over trainSpeakerNet's epoch DataLoader, timed after the warm-up steps."""
-    iterator = iter(trainSpeakerNet.epoch_loader(dataset, sampler, args))
+    iterator = iter(DatasetLoader.epoch_loader(dataset, sampler, args))
     trained_epoch(trainer, Batches(iterator, WARMUP))
     timing = with_cpu_time(lambda: trained_epoch(trainer, Batches(iterator, steps)))
     return timing
@@ -121,7 +125,7 @@ def original_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loa
     started = waiting_since = time.perf_counter()
     for data, data_label in loader:
         data_wait += time.perf_counter() - waiting_since
-        data = data.transpose(1, 0).to(device)
+        data = data.to(device)  # our SpeakerNet takes [speakers, per_speaker, samples]
         model.zero_grad()
         label = torch.LongTensor(data_label).to(device)
         nloss, prec1 = model(data, label)
@@ -281,7 +285,7 @@ def machine() -> dict:
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     return {"cpu": names[0] if names else platform.processor(), "cpu_count": os.cpu_count(),
             "avx512_bf16": "avx512_bf16" in cpuinfo, "amx_bf16": "amx_bf16" in cpuinfo,
-            "trainer_enables_bf16": SpeakerNet.cpu_has_fast_bfloat16(), "torch": torch.__version__,
+            "trainer_enables_bf16": placement.cpu_has_fast_bfloat16(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

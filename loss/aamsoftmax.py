@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loss._common import accuracy, check_embedding_size, check_per_speaker
+from loss.LossHelpers import accuracy, check_embedding_size, every_utterance, speaker_batch
 
 
 class LossFunction(nn.Module):
@@ -36,8 +36,8 @@ class LossFunction(nn.Module):
         self.mm = math.sin(math.pi - margin) * margin
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, nOut], label [B] -> (loss, accuracy %)."""
-        check_per_speaker(self, x)
+        """x [B, 1, nOut] (or [B, nOut]), label [B] -> (loss, accuracy %)."""
+        x, label = every_utterance(speaker_batch(self, x), label)
         check_embedding_size(self, x, self.in_feats)
         cosine = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
         sine = (1.0 - cosine * cosine).clamp(0, 1).sqrt()

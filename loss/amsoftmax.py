@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loss._common import accuracy, check_embedding_size, check_per_speaker
+from loss.LossHelpers import accuracy, check_embedding_size, every_utterance, speaker_batch
 
 
 class LossFunction(nn.Module):
@@ -25,8 +25,8 @@ class LossFunction(nn.Module):
         nn.init.xavier_normal_(self.W, gain=1)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, nOut], label [B] -> (loss, accuracy %)."""
-        check_per_speaker(self, x)
+        """x [B, 1, nOut] (or [B, nOut]), label [B] -> (loss, accuracy %)."""
+        x, label = every_utterance(speaker_batch(self, x), label)
         check_embedding_size(self, x, self.in_feats)
         cosine = F.normalize(x, dim=1, eps=1e-12) @ F.normalize(self.W, dim=0, eps=1e-12)
         logits = self.s * (cosine - self.m * F.one_hot(label, cosine.shape[1]))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loss._common import accuracy, check_per_speaker
+from loss.LossHelpers import accuracy, speaker_batch
 
 
 class LossFunction(nn.Module):
@@ -22,7 +22,7 @@ class LossFunction(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, M, D] (M >= 2) -> (loss, accuracy % of picking the own speaker's centroid)."""
-        check_per_speaker(self, x)
+        x = speaker_batch(self, x)
         query = F.normalize(x[:, 0], dim=1)
         centroid = F.normalize(x[:, 1:].mean(dim=1), dim=1)
         cosine = query @ centroid.T

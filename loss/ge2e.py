@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from loss import angleproto
-from loss._common import accuracy, check_per_speaker
+from loss.LossHelpers import accuracy, speaker_batch
 
 
 class LossFunction(angleproto.LossFunction):
@@ -16,7 +16,7 @@ class LossFunction(angleproto.LossFunction):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, M, D] (M >= 2) -> (loss, accuracy %)."""
-        check_per_speaker(self, x)
+        x = speaker_batch(self, x)
         speakers, per_speaker = x.shape[:2]
         utterances = F.normalize(x, dim=2)
         centroids = F.normalize(x.mean(dim=1), dim=1)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loss._common import accuracy, check_per_speaker, squared_distances
+from loss.LossHelpers import accuracy, speaker_batch, squared_distances
 
 
 class LossFunction(nn.Module):
@@ -20,7 +20,7 @@ class LossFunction(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, M, D] (M >= 2) -> (loss, accuracy %)."""
-        check_per_speaker(self, x)
+        x = speaker_batch(self, x)
         logits = -squared_distances(x[:, 0], x[:, 1:].mean(dim=1))
         target = torch.arange(x.shape[0], device=x.device)
         return F.cross_entropy(logits, target), accuracy(logits, target)

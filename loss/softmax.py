@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loss._common import accuracy, check_per_speaker
+from loss.LossHelpers import accuracy, every_utterance, speaker_batch
 
 
 class LossFunction(nn.Module):
@@ -21,7 +21,7 @@ class LossFunction(nn.Module):
         self.fc = nn.Linear(nOut, nClasses)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, nOut], label [B] -> (loss, accuracy %)."""
-        check_per_speaker(self, x)
+        """x [B, 1, nOut] (or [B, nOut]), label [B] -> (loss, accuracy %)."""
+        x, label = every_utterance(speaker_batch(self, x), label)
         logits = self.fc(x)
         return F.cross_entropy(logits, label), accuracy(logits, label)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from loss import angleproto, softmax
-from loss._common import check_per_speaker
+from loss.LossHelpers import every_utterance, speaker_batch
 
 
 class LossFunction(nn.Module):
@@ -23,7 +23,7 @@ class LossFunction(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, 2, D], label [B] -> (loss, accuracy %)."""
-        check_per_speaker(self, x)
-        softmax_loss, prec1 = self.softmax(x.reshape(-1, x.shape[-1]), label.repeat_interleave(x.shape[1]))
+        x = speaker_batch(self, x)
+        softmax_loss, prec1 = self.softmax(*every_utterance(x, label))
         proto_loss, _ = self.angleproto(x, None)
         return softmax_loss + proto_loss, prec1

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loss._common import check_per_speaker, equal_error_rate, squared_distances
+from loss.LossHelpers import equal_error_rate, speaker_batch, squared_distances
 
 
 def _uniform_choice(mask: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ class LossFunction(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, 2, D] (B >= 2 speakers) -> (loss, EER %)."""
-        check_per_speaker(self, x)
+        x = speaker_batch(self, x)
         if x.shape[0] < 2:
             raise ValueError("loss 'triplet' needs at least 2 speakers per batch to draw negatives; "
                              "raise --batch_size")

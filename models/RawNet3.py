@@ -92,6 +92,10 @@ class RawNet3(nn.Module):
         return self.fc6(self.bn5(statistics))
 
 
+# Options of this model (flag --name and YAML key): name -> (type, default, help).
+OPTIONS = {"sinc_stride": (int, 10, "RawNet3 sinc-conv stride")}
+
+
 def MainModel(nOut: int = 256, encoder_type: str = "ECA", sinc_stride: int = 10, **kwargs) -> nn.Module:
     """Build RawNet3 (the original's settings; other arguments are ignored)."""
     return RawNet3(nOut, encoder_type, sinc_stride)

@@ -6,6 +6,9 @@ from torch import nn
 from models.ResNetBlocks import SERes2NetBlock
 from models.ResNetSE34V2 import ResNetSEV2
 
+# Options of this model (flag --name and YAML key): name -> (type, default, help).
+OPTIONS = {"res2net_scale": (int, 4, "Res2NetSE34: channel groups per block (2, 4, 8, 16 or 32)")}
+
 
 def MainModel(nOut: int = 256, res2net_scale: int = 4, **kwargs) -> nn.Module:
     """Build Res2NetSE34 (blocks 3-4-6-3, filters 32-64-128-256, `res2net_scale` channel groups per block)."""

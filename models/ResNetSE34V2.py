@@ -4,8 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.FrontEnd import (PreEmphasis, check_input_length, conv_length, mel_filterbank,
-                             min_samples_for, normalised_features)
+from models.FrontEnd import (
+    PreEmphasis,
+    check_input_length,
+    conv_length,
+    mel_filterbank,
+    min_samples_for,
+    normalised_features,
+)
 from models.Pooling import attentive_pooling, check_encoder
 from models.ResNetBlocks import SEBasicBlock, init_resnet_weights, make_layer
 

@@ -1,1 +1,1 @@
-"""How a run executes: user errors, durable files, plug-ins, device and precision, run control, processes, checkpoints."""
+"""How a run executes: user errors, durable files, plug-ins, devices, run control, processes, checkpoints."""

@@ -4,8 +4,7 @@ import os
 import pytest
 import torch
 
-import checkpoints
-from runtime import atomic_files
+from runtime import atomic_files, checkpoints
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_partial(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from scipy import signal
 
 import DatasetLoader
-from AudioReader import crop_length
+from audio.reading import crop_length
 from DatasetLoader import AugmentWAV, train_dataset_loader
 
 MAX_FRAMES = 100

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-import calibration as cal
+from evaluation import calibration as cal
 
 
 def gaussian_scores(n, mean_target=2.0, mean_non=-1.0, sigma=1.5, seed=0):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import checkpoints
+from runtime import checkpoints
 
 
 class Backbone(nn.Module):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile
 
-import AudioReader
-from AudioReader import AudioReadError, crop_length, load_crops
+from audio import reading as AudioReader
+from audio.reading import AudioReadError, crop_length, load_crops
 from DatasetLoader import loadWAV, test_dataset_loader
 
 RAMP_SCALE = 2.0 ** 17  # sample i holds i / 2**17, exactly representable in float32

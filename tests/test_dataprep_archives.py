@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from test_dataprep_download import server  # noqa: F401  (fixture)
 
 import dataprep
-from archives import DataprepError, extract
-from test_dataprep_download import server  # noqa: F401  (fixture)
+from preparation.archives import DataprepError, extract
 
 
 def wav_bytes(seconds: float, seed: int = 0) -> bytes:
@@ -70,6 +70,7 @@ def test_extraction_is_rerunnable_and_repairs_truncated_files(tmp_path):
     assert broken.read_bytes() == members["musan/noise/free-sound/n1.wav"]
 
 
+@pytest.mark.integration
 def test_augment_prepares_musan_and_rirs_in_the_loader_layout(server, tmp_path):  # noqa: F811
     musan = {"musan/noise/free-sound/noise-free-sound-0000.wav": wav_bytes(12.0, 1),
              "musan/music/fma/music-fma-0003.wav": wav_bytes(5.0, 2),

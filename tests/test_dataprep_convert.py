@@ -13,6 +13,8 @@ import soundfile
 
 import dataprep
 
+pytestmark = pytest.mark.integration  # real CLI runs, subprocesses or servers
+
 PROJECT = Path(dataprep.__file__).resolve().parent
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not installed (.ci/run installs it)")

@@ -13,6 +13,8 @@ import soundfile
 
 import dataprep
 
+pytestmark = pytest.mark.integration  # real CLI runs, subprocesses or servers
+
 USER, PASSWORD, KEY = "alice", "s3cret", "k3y-123"
 
 

@@ -8,7 +8,7 @@ import pytest
 import soundfile
 
 import dataprep
-import democorpus
+from preparation import demo_corpus as democorpus
 
 TINY = democorpus.DemoSpec(train_speakers=3, test_speakers=3, sessions=2, utterances=2, trials=16,
                            min_seconds=2.0, max_seconds=2.5, augment_items=4)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-import distributed
-import arguments
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
-from runtime.errors import MissingFileError, PeerStopped
 from test_train_cli import PROJECT_ROOT, run_cli, small_run
+
+import arguments
+from runtime import distributed
+from runtime.errors import MissingFileError, PeerStopped
+from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
 
 NET = dict(model="ResNetSE34L", optimizer="sgd", trainfunc="angleproto", nPerSpeaker=2, nOut=16, n_mels=40,
            log_input=True, encoder_type="SAP")

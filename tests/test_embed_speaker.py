@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import PROJECT_ROOT
 
-import calibration
 import embedSpeaker
+from evaluation import calibration
 from SpeakerNet import SpeakerNet
 
-from conftest import PROJECT_ROOT
+pytestmark = pytest.mark.integration  # real CLI runs, subprocesses or servers
 
 MODEL_FLAGS = ["--model", "ResNetSE34L", "--trainfunc", "angleproto", "--nOut", "32", "--log_input", "true",
                "--eval_frames", "50", "--num_eval", "3"]

@@ -1,7 +1,5 @@
 """evaluation: trial lists, batched embedding extraction and vectorised scoring on generated audio."""
 
-import argparse
-
 import numpy as np
 import pytest
 import soundfile
@@ -201,7 +199,8 @@ def test_files_per_forward_pass_defaults():
 
 
 def test_cpu_placement_is_channels_last_and_keeps_embeddings_and_checkpoints(tmp_path):
-    from SpeakerNet import SpeakerNet, place_on
+    from runtime.device import place_on
+    from SpeakerNet import SpeakerNet
 
     torch.manual_seed(0)
     settings = dict(model="ResNetSE34L", optimizer="adam", trainfunc="angleproto", nPerSpeaker=2, nOut=32,
@@ -222,6 +221,7 @@ def test_cpu_placement_is_channels_last_and_keeps_embeddings_and_checkpoints(tmp
 
 def test_embeddings_cache_key_covers_model_options(tiny_corpus, tmp_path, capsys):
     """Two models with the same weights but another --log_input give other embeddings: no stale reuse."""
+    from settings.sections import EvaluationSettings
     from SpeakerNet import SpeakerNet
 
     def net(log_input: bool) -> SpeakerNet:
@@ -229,8 +229,8 @@ def test_embeddings_cache_key_covers_model_options(tiny_corpus, tmp_path, capsys
         return SpeakerNet(model="ResNetSE34L", optimizer="adam", trainfunc="angleproto", nPerSpeaker=2, nOut=16,
                           n_mels=40, log_input=log_input, encoder_type="SAP").eval()
 
-    args = argparse.Namespace(eval_frames=50, num_eval=2, nDataLoaderThread=0, eval_files_per_batch=0,
-                              embeddings_cache=str(tmp_path / "cache.pt"))
+    args = EvaluationSettings.from_flags(dict(eval_frames=50, num_eval=2, nDataLoaderThread=0,
+                                              embeddings_cache=str(tmp_path / "cache.pt")))
     roots = {tiny_corpus["test_path"]: ["id00000/sess0/00000.wav"]}
     with_log, without_log = net(True), net(False)
     assert evaluation.model_fingerprint(with_log) == evaluation.model_fingerprint(without_log)

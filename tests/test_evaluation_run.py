@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import calibration
 import evaluation
+from evaluation import calibration
 from SpeakerNet import SpeakerNet
 
 

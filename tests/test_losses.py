@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
-from loss._common import equal_error_rate
+from loss.LossHelpers import equal_error_rate
 
 # nPerSpeaker each loss accepts: (min, max or None)
 PER_SPEAKER = {

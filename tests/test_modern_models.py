@@ -11,7 +11,9 @@ from torch import nn
 from models.CAMPPlus import segment_means
 from models.FrontEnd import MeanNormalisedFbank
 from models.StatsPooling import AttentiveStatsPooling, TemporalStatsPooling
-from SpeakerNet import SpeakerNet, available_plugins, cpu_has_fast_bfloat16, load_plugin
+from runtime.device import cpu_has_fast_bfloat16
+from runtime.plugins import available_plugins, load_plugin
+from SpeakerNet import SpeakerNet
 
 # Global flags every constructor receives; encoder_type and log_input carry the global defaults, which these
 # models ignore (their pooling and log features are fixed or chosen with their own options).
@@ -139,7 +141,7 @@ def test_other_mel_counts_build_and_run(key):
 
 @pytest.mark.parametrize("key", model_ids())
 def test_training_step_through_speakernet(key):
-    """One trainer-style step: SpeakerNet(data [nPerSpeaker, B, samples], label) -> finite loss -> Adam step."""
+    """One trainer-style step: SpeakerNet(data [speakers, per_speaker, samples], label) -> finite loss -> Adam step."""
     name, options, n_out, samples = MODELS[key]
     torch.manual_seed(0)
     net = SpeakerNet(model=name, optimizer="adam", trainfunc="aamsoftmax", nPerSpeaker=1, nOut=n_out, nClasses=5,
@@ -149,7 +151,7 @@ def test_training_step_through_speakernet(key):
     assert parameters[-1][0].startswith("embedding.")  # the embedding layer is the model's last layer
     (first_name, first), (last_name, last) = parameters[0], ("embedding.weight", net.__S__.embedding.weight)
     before = first.detach().clone(), last.detach().clone()
-    loss, prec1 = net(waves(samples // 2).unsqueeze(0), torch.tensor([0, 3]))
+    loss, prec1 = net(waves(samples // 2).unsqueeze(1), torch.tensor([0, 3]))
     assert torch.isfinite(loss) and 0 <= float(prec1) <= 100
     loss.backward()
     optimizer.step()

@@ -4,12 +4,12 @@ from importlib import import_module
 
 import pytest
 import torch
+from test_models import bn_keys, count_parameters
 
 import arguments
-import checkpoints
 from models.SincFilterbank import ParamSincFilterbank, SincConv, hz_to_mel
+from runtime import checkpoints
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
-from test_models import bn_keys, count_parameters
 
 HALF_SECOND = 8000
 RECIPE = ["--config", "configs/RawNet3_AAM.yaml", "--nClasses", "5"]

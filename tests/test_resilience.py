@@ -7,9 +7,9 @@ import time
 
 import pytest
 import torch
+from test_train_cli import PROJECT_ROOT, checkpoint_names, epoch_log, run_cli, small_run
 
 from SpeakerNet import ModelTrainer, NonFiniteLossError, SpeakerNet, WrappedModel
-from test_train_cli import PROJECT_ROOT, checkpoint_names, epoch_log, run_cli, small_run
 
 
 def resilient_run(corpus, save_path, *extra) -> list[str]:

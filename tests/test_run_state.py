@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-import SpeakerNet as core
+from runtime import checkpoints
+from runtime import device as placement
 from runtime.errors import ConfigError
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
+from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, batchnorm_buffers
 
 SAMPLES = 40 * 160 + 240
 
@@ -23,7 +24,7 @@ def make_trainer(precision=None, mixedprec=False, seed=0) -> ModelTrainer:
 
 def batch(seed=1):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 4, SAMPLES, generator=generator), torch.arange(4)
+    return torch.randn(4, 1, SAMPLES, generator=generator), torch.arange(4)  # [speakers, per_speaker, samples]
 
 
 # ---------------------------------------------------------------- precision
@@ -33,19 +34,19 @@ def batch(seed=1):
     ("flags : fpu amx_bf16 amx_tile", True), ("flags : fpu avx512_bf16x", False), ("", False),
 ])
 def test_fast_bfloat16_is_read_from_cpu_flags(text, expected):
-    assert core.cpu_has_fast_bfloat16(text) is expected
+    assert placement.cpu_has_fast_bfloat16(text) is expected
 
 
 def test_autocast_dtype_per_device(monkeypatch):
-    assert core.autocast_dtype(torch.device("cuda"), True) == torch.float16
-    assert core.autocast_dtype(torch.device("cuda"), False) is None
-    monkeypatch.setattr(core, "cpu_has_fast_bfloat16", lambda: True)
-    assert core.autocast_dtype(torch.device("cpu"), True) == torch.bfloat16
-    monkeypatch.setattr(core, "cpu_has_fast_bfloat16", lambda: False)
-    assert core.autocast_dtype(torch.device("cpu"), True) is None
+    assert placement.autocast_dtype(torch.device("cuda"), True) == torch.float16
+    assert placement.autocast_dtype(torch.device("cuda"), False) is None
+    monkeypatch.setattr(placement, "cpu_has_fast_bfloat16", lambda: True)
+    assert placement.autocast_dtype(torch.device("cpu"), True) == torch.bfloat16
+    monkeypatch.setattr(placement, "cpu_has_fast_bfloat16", lambda: False)
+    assert placement.autocast_dtype(torch.device("cpu"), True) is None
 
 
-@pytest.mark.skipif(not core.cpu_has_fast_bfloat16(), reason="this CPU has no fast bfloat16 units")
+@pytest.mark.skipif(not placement.cpu_has_fast_bfloat16(), reason="this CPU has no fast bfloat16 units")
 def test_mixedprec_on_a_bfloat16_cpu_trains_in_bfloat16():
     trainer = make_trainer(mixedprec=True)
     assert trainer.autocast_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
@@ -85,22 +86,27 @@ def test_skipped_float32_step_restores_batchnorm_statistics():
     trainer = make_trainer()
     net = trainer.__model__.module
     trainer.train_step(*batch())
-    statistics = [buffer.clone() for buffer in core.batchnorm_buffers(net)]
+    statistics = [buffer.clone() for buffer in batchnorm_buffers(net)]
     data, label = batch(2)
-    data[0, 1, :50] = float("nan")
+    data[1, 0, :50] = float("nan")
     _, _, finite = trainer.train_step(data, label)
     assert not finite and len(statistics) > 10
-    for saved, buffer in zip(statistics, core.batchnorm_buffers(net)):
+    for saved, buffer in zip(statistics, batchnorm_buffers(net)):
         assert torch.equal(saved, buffer)
     trainer.train_step(*batch(3))
-    assert any(not torch.equal(saved, buffer) for saved, buffer in zip(statistics, core.batchnorm_buffers(net)))
+    assert any(not torch.equal(saved, buffer) for saved, buffer in zip(statistics, batchnorm_buffers(net)))
 
 
 # ---------------------------------------------------------------- gradient scaler state on resume
 
+def payload_of(trainer: ModelTrainer, epoch: int = 1) -> dict:
+    """What trainer.saveParameters writes after `epoch`."""
+    return checkpoints.training_payload(trainer.recoverables(), epoch, None, trainer.record)
+
+
 def saved_payload(trainer: ModelTrainer) -> dict:
     trainer.train_step(*batch())
-    return trainer.checkpoint_payload(epoch=1)
+    return payload_of(trainer)
 
 
 def test_float16_resume_restores_the_scaler():
@@ -108,7 +114,7 @@ def test_float16_resume_restores_the_scaler():
     source.train_step(*batch())
     source.scaler.update(1024.0)
     target = make_trainer(precision=torch.float16, seed=5)
-    target.resume("x.model", source.checkpoint_payload(epoch=1))
+    target.resume("x.model", payload_of(source))
     assert target.scaler.get_scale() == source.scaler.get_scale() == 1024.0
 
 
@@ -136,44 +142,44 @@ def test_resume_of_a_checkpoint_saved_before_scalers_existed():
 # ---------------------------------------------------------------- random states
 
 def test_rng_states_round_trip():
-    saved = core.rng_states()
+    saved = checkpoints.rng_states()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    core.restore_rng_states(saved)
+    checkpoints.restore_rng_states(saved)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
 def test_cuda_states_of_more_gpus_than_visible(capsys):
     states = [torch.full((4,), index, dtype=torch.uint8) for index in range(4)]
-    kept = core.cuda_states_to_restore(states, visible=2)
+    kept = checkpoints.cuda_states_to_restore(states, visible=2)
     assert [state[0].item() for state in kept] == [0, 1]
     assert "random states of 4 GPUs and 2 are visible" in capsys.readouterr().err
-    assert [state[0].item() for state in core.cuda_states_to_restore(states[:1], visible=8)] == [0]
-    assert core.cuda_states_to_restore(states, visible=0) == []
+    assert [state[0].item() for state in checkpoints.cuda_states_to_restore(states[:1], visible=8)] == [0]
+    assert checkpoints.cuda_states_to_restore(states, visible=0) == []
 
 
 def test_restore_sets_each_visible_gpu_once(monkeypatch):
     calls = []
-    saved = core.rng_states()
+    saved = checkpoints.rng_states()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: calls.append((index, state[0].item())))
     saved["cuda"] = [torch.full((4,), 7, dtype=torch.uint8), torch.full((4,), 9, dtype=torch.uint8)]
-    core.restore_rng_states(saved)  # saved from 2 GPUs, restored where 1 is visible: no IndexError
+    checkpoints.restore_rng_states(saved)  # saved from 2 GPUs, restored where 1 is visible: no IndexError
     assert calls == [(0, 7)]
 
 
 def test_each_rank_restores_its_own_states(capsys):
     content = {"rng_state": "rank0", "rank_rng_states": ["rank0", "rank1", "rank2"]}
-    assert [core.own_rng_states(content, rank, 3) for rank in range(3)] == ["rank0", "rank1", "rank2"]
+    assert [checkpoints.own_rng_states(content, rank, 3) for rank in range(3)] == ["rank0", "rank1", "rank2"]
     assert capsys.readouterr().err == ""
-    assert core.own_rng_states(content, 1, 2) == "rank1"
+    assert checkpoints.own_rng_states(content, 1, 2) == "rank1"
     assert "random states of 3 processes and this run has 2" in capsys.readouterr().err
-    assert core.own_rng_states({"rng_state": "only"}, 0, 2) == "only"
-    assert core.own_rng_states({"rng_state": "only"}, 1, 2) is None
+    assert checkpoints.own_rng_states({"rng_state": "only"}, 0, 2) == "only"
+    assert checkpoints.own_rng_states({"rng_state": "only"}, 1, 2) is None
 
 
 def test_a_single_process_checkpoint_has_no_per_rank_states():
-    payload = make_trainer().checkpoint_payload(epoch=0)
+    payload = payload_of(make_trainer(), epoch=0)
     assert "rank_rng_states" not in payload and set(payload["rng_state"]) >= {"python", "torch", "numpy"}
 
 
@@ -190,7 +196,7 @@ def test_a_single_process_checkpoint_has_no_per_rank_states():
     ("auto", 5, True, "0,1", (None, "auto")),
 ])
 def test_gpu_choice(device, gpu_id, distributed, visible, expected):
-    assert core.choose_gpus(device, gpu_id, distributed, visible) == expected
+    assert placement.choose_gpus(device, gpu_id, distributed, visible) == expected
 
 
 @pytest.mark.parametrize("device, gpu_id, distributed, message", [
@@ -201,7 +207,7 @@ def test_gpu_choice(device, gpu_id, distributed, visible, expected):
 ])
 def test_gpu_choice_mistakes(device, gpu_id, distributed, message):
     with pytest.raises(ConfigError, match=message):
-        core.choose_gpus(device, gpu_id, distributed, None)
+        placement.choose_gpus(device, gpu_id, distributed, None)
 
 
 # ---------------------------------------------------------------- --initial_model fit
@@ -220,7 +226,7 @@ def test_initial_model_with_another_loss_head_loads_and_reports(tmp_path, capsys
 
 
 def test_initial_model_that_fills_almost_nothing_is_refused(tmp_path):
-    from checkpoints import CheckpointError
+    from runtime.checkpoints import CheckpointError
     weights = make_trainer().__model__.module.state_dict()
     path = tmp_path / "other.model"
     torch.save({key: value for key, value in weights.items() if key.startswith("__S__.layer1.0.")}, path)

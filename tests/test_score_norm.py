@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import evaluation
-import scoreNormalization as norm
+from evaluation import score_norm as norm
 
 
 def make_case(crops, seed=0):

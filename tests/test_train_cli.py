@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.integration  # real CLI runs, subprocesses or servers
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EPOCH_LINE = re.compile(r"^Epoch (\d+), TEER/TAcc (\d+\.\d\d), TLOSS (-?\d+\.\d{6}), LR (\d+\.\d{6}) $")
 VEER_LINE = re.compile(r"^Epoch (\d+), VEER (\d+\.\d{4}), MinDCF (\d+\.\d{5})$")

@@ -7,11 +7,13 @@ import sys
 import pytest
 import torch
 import yaml
+from test_train_cli import PROJECT_ROOT, small_run
 
 import trainSpeakerNet
 from runtime.errors import ConfigError, UserError, own_message
 from SpeakerNet import SpeakerNet
-from test_train_cli import PROJECT_ROOT, small_run
+
+pytestmark = pytest.mark.integration  # real CLI runs, subprocesses or servers
 
 
 def stop_line(capsys, argv: list[str], env: dict | None = None) -> str:

@@ -1,27 +1,43 @@
-"""Pieces shared by the loss plug-ins: the nPerSpeaker check, top-1 accuracy and the equal error rate."""
+"""Pieces shared by the loss plug-ins: the [B, nPerSpeaker, D] batch, top-1 accuracy and the equal error rate."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 
-def accepted_per_speaker(loss_class: type[nn.Module]) -> str:
-    """Human-readable nPerSpeaker values a loss class accepts, e.g. '1', '2' or '>= 2'."""
-    low, high = loss_class.min_per_speaker, loss_class.max_per_speaker
+def per_speaker_words(low: int, high: int | None) -> str:
+    """nPerSpeaker bounds in words: '1', '2', '2 or more' or '1 to 3'."""
     if high is None:
-        return f">= {low}"
-    return str(low) if low == high else f"{low}..{high}"
+        return f"{low} or more"
+    return str(low) if low == high else f"{low} to {high}"
 
 
-def check_per_speaker(loss: nn.Module, x: torch.Tensor) -> None:
-    """Raise a ValueError when x ([B, D] or [B, nPerSpeaker, D]) has an nPerSpeaker the loss cannot use."""
-    per_speaker = 1 if x.dim() == 2 else x.shape[1]
-    low, high = type(loss).min_per_speaker, type(loss).max_per_speaker
-    if x.dim() not in (2, 3) or per_speaker < low or (high is not None and per_speaker > high):
+def per_speaker_accepted(loss_class: type, per_speaker: int) -> str:
+    """'' when the loss class accepts `per_speaker` utterances per speaker, else the values it accepts in words."""
+    low = getattr(loss_class, "min_per_speaker", 1)
+    high = getattr(loss_class, "max_per_speaker", None)
+    if per_speaker < low or (high is not None and per_speaker > high):
+        return per_speaker_words(low, high)
+    return ""
+
+
+def speaker_batch(loss: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The embeddings as [speakers, per_speaker, D], checked against the loss's nPerSpeaker bounds.
+
+    SpeakerNet gives every loss [B, nPerSpeaker, D]; [B, D] (the original's shape for nPerSpeaker 1) is read as
+    [B, 1, D]."""
+    batch = x.unsqueeze(1) if x.dim() == 2 else x
+    accepted = per_speaker_accepted(type(loss), batch.shape[1]) if batch.dim() == 3 else "[B, n, D] embeddings"
+    if accepted:
         name = type(loss).__module__.rsplit(".", 1)[-1]
-        raise ValueError(
-            f"loss '{name}' needs nPerSpeaker {accepted_per_speaker(type(loss))}, got embeddings of shape "
-            f"{list(x.shape)} (nPerSpeaker {per_speaker}); set --nPerSpeaker accordingly")
+        raise ValueError(f"loss '{name}' needs nPerSpeaker {accepted}, got embeddings of shape {list(x.shape)} "
+                         f"(nPerSpeaker {batch.shape[1] if batch.dim() == 3 else '?'}); set --nPerSpeaker accordingly")
+    return batch
+
+
+def every_utterance(x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, n, D] embeddings and [B] speaker labels as [B * n, D] and [B * n] for a classifier."""
+    return x.reshape(-1, x.shape[-1]), label.repeat_interleave(x.shape[1])
 
 
 def accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -50,34 +50,35 @@ def check_launch(distributed: bool) -> None:
                           "or start a single process without torchrun")
 
 
-def process_count(args) -> int:
-    """--nproc, else one process per visible GPU, else 2 CPU processes."""
-    if args.nproc > 0:
-        return args.nproc
-    if args.device != "cpu" and torch.cuda.is_available():
+def process_count(run) -> int:
+    """--nproc, else one process per visible GPU, else 2 CPU processes (`run`: the run settings)."""
+    if run.nproc > 0:
+        return run.nproc
+    if run.device != "cpu" and torch.cuda.is_available():
         return torch.cuda.device_count()
     return 2
 
 
-def planned_world_size(args) -> int:
+def planned_world_size(run) -> int:
     """How many processes the run will have: torchrun's WORLD_SIZE, the processes start() spawns, or 1."""
-    if not args.distributed:
+    if not run.distributed:
         return 1
-    return torchrun_world_size() if launched_by_torchrun() else process_count(args)
+    return torchrun_world_size() if launched_by_torchrun() else process_count(run)
 
 
-def start(worker, args) -> None:
-    """Run `worker(context, args)` once, under torchrun, or once per process started here."""
-    if not args.distributed:
-        worker(Context(), args)
+def start(worker, payload, run) -> None:
+    """Run `worker(context, payload)` once, under torchrun, or once per process started here, as the run
+    settings `run` say (distributed, nproc, device, debug)."""
+    if not run.distributed:
+        worker(Context(), payload)
     elif launched_by_torchrun():
         worker(Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
-                       int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), True), args)
+                       int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), True), payload)
     else:
-        count = process_count(args)
+        count = process_count(run)
         user_errors = mp.get_context("spawn").SimpleQueue()
-        processes = mp.start_processes(_spawned, args=(count, worker, args, user_errors), nprocs=count, join=False,
-                                       start_method="spawn")
+        processes = mp.start_processes(_spawned, args=(count, worker, payload, run.debug, user_errors), nprocs=count,
+                                       join=False, start_method="spawn")
 
         def forward_signal(signum, frame):
             for process in processes.processes:
@@ -109,13 +110,13 @@ def report_rank_errors(user_errors, count: int) -> None:
               flush=True)
 
 
-def _spawned(index: int, count: int, worker, args, user_errors) -> None:
+def _spawned(index: int, count: int, worker, payload, debug: bool, user_errors) -> None:
     """Entry of a process started by start(): a user error goes to the parent (which prints it once and stops the
     other ranks) and the process exits with status 1."""
     try:
-        worker(Context(index, count, index, count, True), args)
+        worker(Context(index, count, index, count, True), payload)
     except UserError as error:
-        if getattr(args, "debug", False):
+        if debug:
             raise
         user_errors.put((index, None if isinstance(error, PeerStopped) else str(error)))
         sys.exit(1)
@@ -130,6 +131,13 @@ def init_process_group(context: Context, device: torch.device, port: str) -> Non
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.local_world_size))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=context.rank,
                             world_size=context.world_size)
+
+
+def group_position() -> tuple[int, int] | None:
+    """(rank, world size) in the joined process group, or None when this process has joined none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
 
 
 def any_rank(flags: list[bool], device: torch.device) -> list[bool]:

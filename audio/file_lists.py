@@ -1,0 +1,66 @@
+"""Lists of audio files: reading list files, and checking at start-up that the files they name exist."""
+from __future__ import annotations
+
+import collections
+import os
+
+from tqdm import tqdm
+
+from runtime.errors import DataError, MissingFileError
+
+
+def read_list_lines(path: str, what: str, flag: str) -> list[str]:
+    """The lines of a list file (UTF-8, an optional byte-order mark dropped); errors name the file and flag."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read().splitlines()
+    except FileNotFoundError:
+        raise MissingFileError(f"Cannot read {what} {path}: it does not exist; check {flag}") from None
+    except IsADirectoryError:
+        raise DataError(f"Cannot read {what} {path}: it is a folder; check {flag}") from None
+    except OSError as error:
+        raise DataError(f"Cannot read {what} {path}: {error.strerror}; check {flag}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"Cannot read {what} {path}: byte {error.start} is not UTF-8 text; check {flag}") from None
+
+
+def read_train_list(train_list: str, train_path: str) -> tuple[list[str], list[str]]:
+    """Speaker ids and full paths from `<speaker_id> <relative_path>` lines (blank lines skipped)."""
+    speakers, paths = [], []
+    for number, line in enumerate(read_list_lines(train_list, "train list", "--train_list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DataError(f"{train_list} line {number}: expected '<speaker_id> <relative_path>', "
+                            f"got {line.strip()!r}")
+        speakers.append(fields[0])
+        paths.append(os.path.join(train_path, fields[1]))
+    if not paths:
+        raise DataError(f"{train_list} holds no '<speaker_id> <relative_path>' lines")
+    return speakers, paths
+
+
+def missing_files(paths: list[str], desc: str = "checking files") -> list[str]:
+    """The paths that do not exist, in list order; lists each folder once instead of a stat per file."""
+    by_folder = collections.defaultdict(list)
+    for path in paths:
+        by_folder[os.path.dirname(path)].append(os.path.basename(path))
+    missing = set()
+    for folder, names in tqdm(by_folder.items(), desc=desc, unit="folder", leave=False):
+        try:
+            present = set(os.listdir(folder or "."))
+        except OSError:
+            present = set()
+        candidates = (os.path.join(folder, name) for name in names if name not in present)
+        missing.update(path for path in candidates if not os.path.exists(path))
+    return [path for path in paths if path in missing]
+
+
+def check_files_exist(paths: list[str], list_name: str, root_flag: str, root: str) -> None:
+    """Raise one error listing the first missing files and their count."""
+    missing = missing_files(paths, f"checking {os.path.basename(list_name)}")
+    if missing:
+        raise MissingFileError(
+            f"{len(missing)} of {len(paths)} files named in {list_name} do not exist under {root_flag} {root} "
+            f"(first: {', '.join(missing[:3])}); fix {root_flag} (paths are {root_flag}/<relative path>) or the list")

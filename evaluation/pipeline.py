@@ -1,0 +1,197 @@
+"""--eval end to end: embed the union of the trial lists once, score, normalise, calibrate, report and plot."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+import tuneThreshold
+from audio.file_lists import check_files_exist as check_paths_exist
+from audio.file_lists import read_train_list
+from evaluation import calibration, plots, score_norm
+from evaluation.extraction import embed_paths, extract_embeddings
+from evaluation.scoring import SCORING_MODES, score_trials
+from evaluation.trials import Trials, check_files_exist, read_trials
+from runtime import atomic_files, distributed
+from runtime.errors import ConfigError
+from settings.sections import EvaluationSettings
+
+
+def as_settings(settings: EvaluationSettings | argparse.Namespace) -> EvaluationSettings:
+    """EvaluationSettings, or the flags of the original's namespace API turned into them."""
+    return settings if isinstance(settings, EvaluationSettings) else EvaluationSettings.from_flags(settings)
+
+
+def _cohort(settings: EvaluationSettings) -> dict[str, list[str]] | None:
+    """The cohort speakers' full paths when score normalisation is on (files checked first)."""
+    if settings.score_norm == "none":
+        return None
+    speakers, paths = read_train_list(settings.cohort_list, settings.cohort_path)
+    cohort = score_norm.select_cohort(speakers, paths, settings.cohort_size, settings.cohort_utterances)
+    if settings.score_norm == "asnorm" and len(cohort) < settings.norm_topk:
+        raise ConfigError(f"The cohort from {settings.cohort_list} has {len(cohort)} speakers, fewer than "
+                          f"--norm_topk {settings.norm_topk}; lower --norm_topk or use a larger cohort")
+    check_paths_exist([p for group in cohort.values() for p in group], settings.cohort_list, "--train_path",
+                      settings.cohort_path)
+    return cohort
+
+
+def _check_settings(settings: EvaluationSettings, first: Trials) -> None:
+    """Refuse unknown modes and impossible calibration requests before any embedding work."""
+    if settings.scoring not in SCORING_MODES or settings.score_norm not in score_norm.NORM_MODES:
+        raise ConfigError(f"--scoring must be one of {', '.join(SCORING_MODES)} and --score_norm one of "
+                          f"{', '.join(score_norm.NORM_MODES)}; got {settings.scoring!r} and "
+                          f"{settings.score_norm!r}")
+    if settings.fit_calibration and settings.calibration:
+        raise ConfigError("Give either --fit_calibration (fit and save) or --calibration (apply), not both")
+    if settings.fit_calibration and len(set(first.labels[first.labels >= 0].tolist())) < 2:
+        raise ConfigError(f"--fit_calibration needs target (1) and non-target (0) trials in {first.path}, "
+                          "the first --test_list")
+
+
+def _saved_calibration(settings: EvaluationSettings) -> calibration.Calibration | None:
+    """The --calibration to apply (checked against this run's scoring), read before any embedding work."""
+    if not settings.calibration:
+        return None
+    loaded = calibration.Calibration.load(settings.calibration)
+    loaded.check_matches(settings.scoring, settings.score_norm, settings.calibration)
+    return loaded
+
+
+def _fitted_calibration(settings: EvaluationSettings, trials: Trials, scores: np.ndarray) -> calibration.Calibration:
+    """A calibration fitted on the labelled trials of one list, saved to --fit_calibration."""
+    labelled = trials.labels >= 0
+    fitted = calibration.fit_calibration(scores[labelled], trials.labels[labelled], settings.calibration_prior,
+                                         settings.scoring, settings.score_norm, trials.path)
+    fitted.save(settings.fit_calibration)
+    print(f"Calibration fitted on {trials.path} saved to {settings.fit_calibration}: "
+          f"llr = {fitted.slope:.6g} * score + {fitted.offset:.6g}")
+    return fitted
+
+
+def _make_output_folders(settings: EvaluationSettings) -> None:
+    """Create the folders of the score file, calibration and cache outputs before any embedding work."""
+    for flag in ("score_file", "fit_calibration", "embeddings_cache"):
+        path = getattr(settings, flag)
+        if path:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            except OSError as error:
+                raise ConfigError(f"Cannot create the folder of --{flag} {path}: {error.strerror}") from None
+
+
+def score_file_for(score_file: str, list_path: str, several: bool) -> str:
+    """The score file of one list: --score_file itself, or with the list's name added when there are several."""
+    if not several:
+        return score_file
+    stem, extension = os.path.splitext(score_file)
+    return f"{stem}_{os.path.splitext(os.path.basename(list_path))[0]}{extension or '.txt'}"
+
+
+def write_score_file(path: str, scores: np.ndarray, trials: Trials) -> None:
+    """One `<score> <enrol> <test>` line per trial in list order (temporary file, then rename)."""
+    atomic_files.write_text(path, "".join(f"{score:.6f} {enrol} {test}\n" for score, enrol, test in
+                                          zip(scores, trials.enrol, trials.test)))
+
+
+def check_inputs(settings: EvaluationSettings | argparse.Namespace
+                 ) -> tuple[list[Trials], list[str], dict[str, list[str]] | None, calibration.Calibration | None]:
+    """Read and check everything an evaluation needs before any embedding work: (trial lists, their files in
+    order, the cohort, the calibration to apply); output folders are created."""
+    settings = as_settings(settings)
+    if not settings.test_list:
+        raise ConfigError("--test_list names no trial list")
+    lists = [read_trials(path) for path in settings.test_list]
+    _check_settings(settings, lists[0])
+    files = sorted({name for trials in lists for name in trials.files})
+    check_files_exist(files, settings.test_path, ", ".join(trials.path for trials in lists))
+    cohort = _cohort(settings)
+    calibrator = _saved_calibration(settings)
+    _make_output_folders(settings)
+    return lists, files, cohort, calibrator
+
+
+def run_evaluation(trainer_or_model, settings: EvaluationSettings | argparse.Namespace,
+                   context: distributed.Context | None = None) -> dict[str, dict]:
+    """--eval: embed the union of the trial lists once, score, normalise, calibrate, report and plot each list.
+
+    Returns each list's results on rank 0 ({} on the other ranks)."""
+    settings = as_settings(settings)
+    model = trainer_or_model.__model__.module if hasattr(trainer_or_model, "__model__") else trainer_or_model
+    device = getattr(trainer_or_model, "device", next(model.parameters()).device)
+    autocast_dtype = getattr(trainer_or_model, "autocast_dtype", None)
+    context = context or getattr(trainer_or_model, "context", distributed.Context())
+    model.eval()
+    lists, files, cohort, calibrator = check_inputs(settings)
+    roots = {settings.test_path: files, "": [p for group in cohort.values() for p in group] if cohort else []}
+    embeddings = embed_paths(model, roots, settings, device, autocast_dtype, context)
+    if not context.is_main:
+        return {}
+    normalize, mode = bool(model.__L__.test_normalize), settings.scoring
+    test_embeddings = {name: embeddings[os.path.join(settings.test_path, name)] for name in files}
+    if cohort:
+        speakers = score_norm.speaker_means(embeddings, cohort, mode, normalize)
+        mean, std = score_norm.cohort_statistics([test_embeddings[name] for name in files], speakers, mode,
+                                                 normalize, settings.score_norm, settings.norm_topk)
+    rows = {name: row for row, name in enumerate(files)}
+    results = {}
+    for position, trials in enumerate(lists):
+        scores = score_trials(trials, test_embeddings, normalize, mode)
+        if cohort:
+            scores = score_norm.normalize_scores(scores, np.array([rows[n] for n in trials.enrol]),
+                                                 np.array([rows[n] for n in trials.test]), mean, std)
+        if position == 0 and settings.fit_calibration:
+            calibrator = _fitted_calibration(settings, trials, scores)
+        if calibrator is not None:
+            scores = calibrator.llr(scores)
+        results[trials.path] = report(trials, scores, settings, calibrated=calibrator is not None,
+                                      several=len(lists) > 1)
+        if settings.score_file:
+            path = score_file_for(settings.score_file, trials.path, len(lists) > 1)
+            write_score_file(path, scores, trials)
+            plots.plot_scores(path, scores, trials.labels, results[trials.path])
+            print(f"Wrote {len(scores)} scores to {path} (plots beside it)")
+    return results
+
+
+def report(trials: Trials, scores: np.ndarray, settings: EvaluationSettings, calibrated: bool,
+           several: bool = False) -> dict:
+    """Print and return EER, MinDCF at --dcf_p_target and 0.01 (and Cllr, minCllr, actDCF when calibrated)."""
+    labelled = trials.labels >= 0
+    result: dict = {"trials": len(scores), "unlabelled": int((~labelled).sum())}
+    if result["unlabelled"]:
+        print(f"{result['unlabelled']} trial lines of {trials.path} have no label: scored, not in the EER")
+    labels, kept = trials.labels[labelled], scores[labelled]
+    if len(set(labels.tolist())) < 2:
+        print(f"{trials.path}: no EER, it needs both target (1) and non-target (0) trials")
+        return result
+    c_miss, c_fa = settings.dcf_c_miss, settings.dcf_c_fa
+    result["eer"] = tuneThreshold.tuneThresholdfromScore(kept, labels, [1, 0.1])[1]
+    fnrs, fprs, thresholds = tuneThreshold.ComputeErrorRates(kept, labels)
+    priors = list(dict.fromkeys([settings.dcf_p_target, 0.01]))
+    result["min_dcf"] = {p: tuneThreshold.ComputeMinDcf(fnrs, fprs, thresholds, p, c_miss, c_fa) for p in priors}
+    line = f"EER {result['eer']:2.4f} " + " ".join(f"MinDCF {result['min_dcf'][p][0]:2.5f} (p_target {p:g})"
+                                                    for p in priors)
+    print(line + (f" [{trials.path}]" if several else ""))
+    if calibrated:
+        result["cllr"] = calibration.cllr(kept, labels)
+        result["min_cllr"] = calibration.min_cllr(kept, labels)
+        result["act_dcf"] = {p: calibration.act_dcf(kept, labels, p, c_miss, c_fa) for p in priors}
+        print(f"Cllr {result['cllr']:.4f} minCllr {result['min_cllr']:.4f} "
+              + " ".join(f"actDCF {result['act_dcf'][p]:2.5f} (p_target {p:g})" for p in priors))
+    return result
+
+
+def scores_of_list(model, test_list: str, test_path: str, eval_frames: int, num_eval: int, workers: int,
+                   scoring: str, device, autocast_dtype, context: distributed.Context):
+    """The original's evaluateFromList: (scores, labels, '<enrol> <test>' lines) of one trial list, each rank
+    embedding its share of the files."""
+    model.eval()
+    trials = read_trials(test_list)
+    check_files_exist(trials.files, test_path)
+    share = trials.files[context.rank::context.world_size]
+    embeddings = distributed.gather_dicts(extract_embeddings(model, share, test_path, eval_frames, num_eval, workers,
+                                                             device, autocast_dtype))
+    scores = score_trials(trials, embeddings, bool(model.__L__.test_normalize), mode=scoring)
+    return scores, trials.labels, [f"{enrol} {test}" for enrol, test in zip(trials.enrol, trials.test)]

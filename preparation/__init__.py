@@ -1,0 +1,1 @@
+"""Preparing data: VoxCeleb downloads and conversion, MUSAN and RIRs, train lists, and the offline demo corpus."""

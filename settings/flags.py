@@ -1,0 +1,153 @@
+"""The flag table: every flag's name, type, default and help, and the ranges a run can use."""
+from __future__ import annotations
+
+import argparse
+
+from runtime.errors import ConfigError
+
+RUNTIME_KEYS = ("model_save_path", "result_save_path", "feat_save_path", "gpu", "config", "debug")
+LIST_KEYS = ("test_list",)  # keys whose YAML value may be a list (joined with commas like the command line)
+# Smallest accepted value of numeric flags; checked after the YAML is applied.
+MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk": 1, "nDataLoaderThread": 0,
+           "test_interval": 1, "max_epoch": 1, "nPerSpeaker": 1, "nClasses": 1, "num_eval": 1, "n_mels": 1,
+           "nOut": 1, "weight_decay": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1, "nproc": 0, "gpu_id": 0}
+POSITIVE = ("lr", "lr_decay", "scale")
+
+
+def str2bool(value) -> bool:
+    """Parse true/false/1/0/yes/no (any case); unlike the original's type=bool, 'False' is False."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got '{value}'")
+
+
+def add_flag(group, name: str, kind, default, help_text: str) -> None:
+    """Add --name; booleans work bare (--augment) or with a value (--augment false)."""
+    if kind is bool:
+        group.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=default, metavar="BOOL",
+                           help=help_text)
+    else:
+        group.add_argument(f"--{name}", type=kind, default=default, help=help_text)
+
+
+FLAG_GROUPS = {
+    "Data loader": [
+        ("max_frames", int, 200, "training crop length in 10 ms frames"),
+        ("eval_frames", int, 300, "test crop length in frames; 0 uses whole utterances"),
+        ("batch_size", int, 200, "speakers per batch, per process"),
+        ("max_seg_per_spk", int, 500, "maximum utterances per speaker per epoch"),
+        ("nDataLoaderThread", int, 5, "DataLoader worker processes (train and test)"),
+        ("augment", bool, False, "online MUSAN/RIR augmentation"),
+        ("seed", int, 10, "seed of the sampler, crops and augmentation"),
+        ("skip_bad_audio", bool, False, "replace unreadable training files by another of the same speaker "
+                                        "(counted) instead of stopping"),
+    ],
+    "Training": [
+        ("test_interval", int, 10, "evaluate and save every N epochs (also the StepLR step size)"),
+        ("max_epoch", int, 500, "last epoch (inclusive)"),
+        ("trainfunc", str, "", "loss plug-in in loss/"),
+    ],
+    "Optimizer and scheduler": [
+        ("optimizer", str, "adam", "optimizer plug-in in optimizer/"),
+        ("scheduler", str, "steplr", "scheduler plug-in in scheduler/"),
+        ("lr", float, 0.001, "learning rate"),
+        ("lr_decay", float, 0.95, "StepLR decay factor"),
+        ("weight_decay", float, 0, "weight decay"),
+    ],
+    "Loss functions": [
+        ("hard_prob", float, 0.5, "triplet: probability of a hard negative"),
+        ("hard_rank", int, 10, "triplet: hard negative drawn from the top hard_rank+1"),
+        ("margin", float, 0.1, "margin of amsoftmax, aamsoftmax and triplet"),
+        ("scale", float, 30, "scale of amsoftmax and aamsoftmax"),
+        ("easy_margin", bool, False, "aamsoftmax: easy-margin variant"),
+        ("nPerSpeaker", int, 1, "utterances per speaker in each batch item (metric losses need 2 or more)"),
+        ("nClasses", int, 5994, "number of training speakers for classification losses"),
+    ],
+    "Evaluation": [
+        ("dcf_p_target", float, 0.05, "MinDCF target prior (MinDCF at 0.01 is printed too)"),
+        ("dcf_c_miss", float, 1, "MinDCF miss cost"),
+        ("dcf_c_fa", float, 1, "MinDCF false-alarm cost"),
+        ("num_eval", int, 10, "crops per test file"),
+        ("scoring", str, "original", "original (minus mean crop distance) or cosine (mean normalised embedding)"),
+        ("score_file", str, "", "--eval: write '<score> <enrol> <test>' per trial to this file (plots beside it)"),
+    ],
+    "Load and save": [
+        ("initial_model", str, "", "weights to start from (takes precedence over resuming)"),
+        ("save_path", str, "exps/exp1", "experiment folder (model/ and result/ inside)"),
+    ],
+    "Training and test data": [
+        ("train_list", str, "data/train_list.txt", "train list: '<speaker> <relative path>' lines"),
+        ("test_list", str, "data/veri_test.txt", "trial list(s), comma-separated: '<label> <enrol> <test>' lines"),
+        ("train_path", str, "data/voxceleb2/dev/wav", "root of the train list's paths"),
+        ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths"),
+        ("musan_path", str, "data/musan_split", "split MUSAN folder"),
+        ("rir_path", str, "data/RIRS_NOISES/simulated_rirs", "simulated RIR folder"),
+    ],
+    "Model definition": [
+        ("n_mels", int, 40, "mel filterbank channels"),
+        ("log_input", bool, False, "log of the mel power"),
+        ("model", str, "", "model plug-in in models/"),
+        ("encoder_type", str, "SAP", "pooling: SAP, ASP (ResNets), TAP, MAX (VGGVox)"),
+        ("nOut", int, 512, "embedding size"),
+    ],
+    "Run mode and hardware": [
+        ("eval", bool, False, "evaluate only, then exit"),
+        ("port", str, "8888", "MASTER_PORT for distributed training"),
+        ("distributed", bool, False, "one process per visible GPU (DistributedDataParallel)"),
+        ("mixedprec", bool, False, "float16 autocast + grad scaler on CUDA; bfloat16 on CPUs with fast bfloat16"),
+        ("device", str, "auto", "auto (CUDA when available), cpu or cuda"),
+        ("gpu_id", int, 0, "GPU to use when not distributed (sets CUDA_VISIBLE_DEVICES)"),
+        ("nproc", int, 0, "--distributed without torchrun: processes to start (0: one per visible GPU, "
+                          "2 on CPU, gloo)"),
+        ("checkpoint_minutes", float, 0, "also save the training state every N minutes inside an epoch "
+                                         "(model/resume.model); 0: only at the end of each epoch"),
+        ("nonfinite_limit", int, 20, "stop after this many training steps in a row with a non-finite loss"),
+        ("debug", bool, False, "show the Python traceback of an error instead of one line (also SPEAKERNET_DEBUG=1)"),
+    ],
+    "Evaluation back end": [
+        ("score_norm", str, "none", "score normalisation: none, asnorm (top-k cohort) or snorm (whole cohort)"),
+        ("norm_topk", int, 300, "asnorm: cohort scores per side used for the statistics"),
+        ("cohort_list", str, "", "speaker list of the cohort ('<speaker> <path>' lines, paths under --train_path); "
+                                 "default: --train_list"),
+        ("cohort_size", int, 0, "cohort speakers (seeded pick; 0: all speakers of the cohort list)"),
+        ("cohort_utterances", int, 10, "utterances averaged per cohort speaker (0: all)"),
+        ("calibration", str, "", "apply this saved calibration: scores become log-likelihood ratios"),
+        ("fit_calibration", str, "", "fit a calibration on the first --test_list and save it to this path"),
+        ("calibration_prior", float, 0.5, "target prior the calibration is fitted at"),
+        ("embeddings_cache", str, "", "file of saved embeddings: reused when model and crop settings match, "
+                                      "updated with new files"),
+        ("eval_files_per_batch", int, 0, "test files per forward pass (0: 16 on a GPU, 16 crops' worth on a CPU)"),
+    ],
+}
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """Refuse numeric values no run can use (e.g. --max_frames 0, --batch_size 0, --lr -1)."""
+    for name, low in MINIMUM.items():
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    for name in POSITIVE:
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"--{name} must be above 0, got {getattr(args, name)}")
+    if not 0 <= args.hard_prob <= 1:
+        raise ConfigError(f"--hard_prob is a probability (0 to 1), got {args.hard_prob}")
+    for name in ("dcf_p_target", "calibration_prior"):
+        if not 0 < getattr(args, name) < 1:
+            raise ConfigError(f"--{name} is a prior strictly between 0 and 1, got {getattr(args, name)}")
+
+
+def flag_defaults() -> dict:
+    """Every flag of the table with its default."""
+    return {name: default for flags in FLAG_GROUPS.values() for name, _, default, _ in flags}
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the evaluation back end's flags (--score_norm, --calibration, ...) to an argparse parser."""
+    group = parser.add_argument_group("Evaluation back end")
+    for name, kind, default, help_text in FLAG_GROUPS["Evaluation back end"]:
+        add_flag(group, name, kind, default, help_text)

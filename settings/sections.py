@@ -1,0 +1,158 @@
+"""One typed settings object, built once from flags + YAML, with a section for each part of the framework.
+
+Each part takes its own section; plug-ins keep the original's contract and receive every flag (`Settings.flags`)."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+from settings.flags import flag_defaults
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The training data pipeline: list, crops, speaker-balanced batches, augmentation, loader workers."""
+
+    train_list: str
+    train_path: str
+    max_frames: int
+    batch_size: int
+    nPerSpeaker: int
+    max_seg_per_spk: int
+    nDataLoaderThread: int
+    augment: bool
+    musan_path: str
+    rir_path: str
+    seed: int
+    skip_bad_audio: bool
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What builds SpeakerNet: the model and loss plug-ins and the global flags they read."""
+
+    model: str
+    trainfunc: str
+    nOut: int
+    n_mels: int
+    log_input: bool
+    encoder_type: str
+    nPerSpeaker: int
+    nClasses: int
+    margin: float
+    scale: float
+    easy_margin: bool
+    hard_prob: float
+    hard_rank: int
+
+
+@dataclass(frozen=True)
+class OptimisationSettings:
+    """The trainer: optimiser and scheduler plug-ins, epochs, precision and the non-finite-step limit."""
+
+    optimizer: str
+    scheduler: str
+    lr: float
+    lr_decay: float
+    weight_decay: float
+    max_epoch: int
+    test_interval: int
+    mixedprec: bool
+    nonfinite_limit: int
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Scoring trial lists: crops, scoring, normalisation cohort, calibration, outputs and loader workers."""
+
+    test_list: tuple[str, ...]
+    test_path: str
+    eval_frames: int
+    num_eval: int
+    scoring: str
+    score_file: str
+    dcf_p_target: float
+    dcf_c_miss: float
+    dcf_c_fa: float
+    score_norm: str
+    norm_topk: int
+    cohort_list: str  # --cohort_list, else --train_list
+    cohort_path: str  # --train_path: the root of the cohort list's paths
+    cohort_size: int
+    cohort_utterances: int
+    calibration: str
+    fit_calibration: str
+    calibration_prior: float
+    embeddings_cache: str
+    eval_files_per_batch: int
+    workers: int  # --nDataLoaderThread
+
+    @classmethod
+    def from_flags(cls, values: dict | argparse.Namespace) -> EvaluationSettings:
+        """The section from flag values; flags not given take their defaults (for callers of the original's API)."""
+        values = {**flag_defaults(), **(vars(values) if isinstance(values, argparse.Namespace) else values)}
+        derived = {"test_list": tuple(trial_list_paths(values["test_list"])), "cohort_path": values["train_path"],
+                   "cohort_list": values["cohort_list"] or values["train_list"],
+                   "workers": values["nDataLoaderThread"]}
+        return cls(**{field.name: derived.get(field.name, values.get(field.name)) for field in fields(cls)})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the run executes: train or evaluate, where it saves, devices, processes and checkpoints."""
+
+    eval: bool
+    save_path: str
+    initial_model: str
+    config: str | None
+    device: str
+    gpu_id: int
+    distributed: bool
+    port: str
+    nproc: int
+    checkpoint_minutes: float
+    seed: int
+    debug: bool
+
+    @property
+    def model_save_path(self) -> str:
+        """<save_path>/model: checkpoints and .eer files."""
+        return os.path.join(self.save_path, "model")
+
+    @property
+    def result_save_path(self) -> str:
+        """<save_path>/result: scores.txt, timing.jsonl and the run records."""
+        return os.path.join(self.save_path, "result")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every section, and every flag by name for the plug-ins (their contract) and for saving the run."""
+
+    data: DataSettings
+    model: ModelSettings
+    optimisation: OptimisationSettings
+    evaluation: EvaluationSettings
+    run: RunSettings
+    flags: dict
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> Settings:
+        """The sections of parsed flags (plug-in options stay in `flags`, which the plug-ins receive)."""
+        values = dict(vars(args))
+        return cls(data=section(DataSettings, values), model=section(ModelSettings, values),
+                   optimisation=section(OptimisationSettings, values),
+                   evaluation=EvaluationSettings.from_flags(values), run=section(RunSettings, values), flags=values)
+
+
+def section(kind: type, values: dict):
+    """A section dataclass filled from flag values."""
+    return kind(**{field.name: values[field.name] for field in fields(kind)})
+
+
+def trial_list_paths(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """--test_list as paths (comma-separated on the command line, or a YAML list)."""
+    paths = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [path.strip() for path in paths if path.strip()]
+
