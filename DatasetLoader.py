@@ -1,4 +1,5 @@
 """Train/test datasets, MUSAN/RIR augmentation and the speaker-balanced sampler of voxceleb_trainer."""
+from __future__ import annotations
 
 import collections
 import functools
@@ -180,6 +181,12 @@ def training_data(data, rank: int = 0, world_size: int = 1, check_files: bool = 
     sampler = train_dataset_sampler(dataset, **{**settings, "distributed": world_size > 1, "rank": rank,
                                                 "world_size": world_size})
     return dataset, sampler
+
+
+def steps_per_epoch(sampler: train_dataset_sampler, data) -> int:
+    """Batches of one process in the first epoch (later epochs differ by a few): what per-step schedules count."""
+    sampler.set_epoch(1)
+    return len(sampler) // data.batch_size
 
 
 def check_training_data(data, world_size: int) -> int:

@@ -69,6 +69,68 @@ class NonFiniteLossError(UserError, RuntimeError):
     """Too many training steps in a row had a non-finite loss or gradient."""
 
 
+class EpochMeter:
+    """Running sums of one epoch (resumable through EpochTotals) and where its time went."""
+
+    def __init__(self, totals: EpochTotals, batches: int, device: torch.device):
+        self.totals = totals
+        self.last_step = totals.steps + batches
+        self.loss_sum = torch.tensor(totals.loss_sum, device=device)  # summed on the device: no per-step sync
+        self.prec_sum = torch.tensor(totals.prec_sum, device=device)
+        self.in_a_row, self.samples, self.data_wait = 0, 0, 0.0
+        self.started = self.waiting_since = time.perf_counter()
+
+    def arrived(self) -> None:
+        """A batch came out of the loader."""
+        self.data_wait += time.perf_counter() - self.waiting_since
+
+    def waiting(self) -> None:
+        """The step is done; waiting for the next batch."""
+        self.waiting_since = time.perf_counter()
+
+    def count(self, loss: torch.Tensor, prec1: torch.Tensor, finite: bool, samples: int) -> None:
+        """Add one step (a non-finite one counts apart and lengthens the run of them)."""
+        self.totals.steps += 1
+        self.samples += samples
+        if finite:
+            self.loss_sum += loss
+            self.prec_sum += prec1
+            self.in_a_row = 0
+        else:
+            self.totals.nonfinite += 1
+            self.in_a_row += 1
+
+    def current_totals(self) -> EpochTotals:
+        """The sums so far, to save in a mid-epoch checkpoint."""
+        totals = self.totals
+        return EpochTotals(totals.lr, totals.steps, self.loss_sum.item(), self.prec_sum.item(), totals.nonfinite)
+
+    def progress(self) -> str:
+        """The progress bar's text: mean loss and accuracy so far, speed and data-wait share."""
+        elapsed = time.perf_counter() - self.started
+        good = max(1, self.totals.steps - self.totals.nonfinite)
+        return (f"Loss {self.loss_sum.item() / good:.5f} TEER/TAcc {self.prec_sum.item() / good:2.3f}% - "
+                f"{self.samples / elapsed:.2f} Hz, data wait {100 * self.data_wait / elapsed:.0f}%")
+
+    def means(self) -> tuple[float, float]:
+        """(mean loss, mean prec1) over the epoch's finite steps."""
+        good = self.totals.steps - self.totals.nonfinite
+        if self.totals.steps == 0:
+            raise DataError("The epoch had no training step: the train list has fewer speakers with --nPerSpeaker "
+                            "utterances than --batch_size")
+        if good == 0:
+            raise NonFiniteLossError(f"All {self.totals.steps} training steps of the epoch had a non-finite loss or "
+                                     "gradient; try a lower --lr or check the data")
+        return self.loss_sum.item() / good, self.prec_sum.item() / good
+
+    def timing(self) -> dict:
+        """Where the epoch's time went, for the log and result/timing.jsonl."""
+        elapsed = time.perf_counter() - self.started
+        return {"lr": self.totals.lr, "seconds": elapsed, "data_wait_seconds": self.data_wait,
+                "data_wait_share": self.data_wait / elapsed, "samples_per_second": self.samples / elapsed,
+                "nonfinite_steps": self.totals.nonfinite}
+
+
 class ModelTrainer:
     """Trains a wrapped SpeakerNet, evaluates it on trial lists and saves/loads its checkpoints.
 
@@ -129,70 +191,46 @@ class ModelTrainer:
                     buffer.copy_(saved)
         return nloss.detach().float(), torch.as_tensor(prec1).detach().float().reshape(-1)[0], finite
 
+    def set_progress(self, epochs: float) -> None:
+        """Tell a loss with a schedule (e.g. a margin that grows) how many epochs of training are done."""
+        loss = self.__model__.module.__L__
+        if hasattr(loss, "set_epoch_progress"):
+            loss.set_epoch_progress(epochs)
+
     def train_network(self, loader, verbose: bool, control: RunControl | None = None,
-                      totals: EpochTotals | None = None, save_state=None) -> tuple[float, float] | None:
+                      totals: EpochTotals | None = None, save_state=None, epoch: int = 1) -> tuple[float, float] | None:
         """One epoch (or its rest) over `loader`; (mean loss, mean prec1), or None when stopped by a signal."""
         self.__model__.train()
-        totals = totals or EpochTotals(lr=self.current_lr())
-        loss_sum = torch.tensor(totals.loss_sum, device=self.device)
-        prec_sum = torch.tensor(totals.prec_sum, device=self.device)
-        in_a_row, samples, data_wait, started = 0, 0, 0.0, time.perf_counter()
-        last_step = totals.steps + len(loader)
-        bar = tqdm(total=last_step, initial=totals.steps, disable=not verbose, unit="batch", dynamic_ncols=True,
-                   leave=False)
-
-        def current_totals() -> EpochTotals:
-            return EpochTotals(totals.lr, totals.steps, loss_sum.item(), prec_sum.item(), totals.nonfinite)
-
-        waiting_since = time.perf_counter()
+        meter = EpochMeter(totals or EpochTotals(lr=self.current_lr()), len(loader), self.device)
+        bar = tqdm(total=meter.last_step, initial=meter.totals.steps, disable=not verbose, unit="batch",
+                   dynamic_ncols=True, leave=False)
         with bar, DatasetLoader.batches(loader) as batches:  # both closed on errors too
             for data, data_label in batches:
-                data_wait += time.perf_counter() - waiting_since
+                meter.arrived()
+                self.set_progress(epoch - 1 + meter.totals.steps / meter.last_step)
                 data = data.to(self.device, non_blocking=True)  # [speakers, per_speaker, samples]
                 label = torch.as_tensor(data_label, dtype=torch.long).to(self.device, non_blocking=True)
-                nloss, prec1, finite = self.train_step(data, label)
-                totals.steps += 1
-                samples += data.shape[0] * data.shape[1]
-                if finite:
-                    loss_sum += nloss
-                    prec_sum += prec1
-                    in_a_row = 0
-                else:
-                    totals.nonfinite += 1
-                    in_a_row += 1
-                    if in_a_row >= self.nonfinite_limit:
-                        raise NonFiniteLossError(f"{in_a_row} training steps in a row had a non-finite loss or "
-                                                 "gradient; stopping. The checkpoints already saved are intact; "
-                                                 "try a lower --lr or check the data.")
+                meter.count(*self.train_step(data, label), samples=data.shape[0] * data.shape[1])
+                if meter.in_a_row >= self.nonfinite_limit:
+                    raise NonFiniteLossError(f"{meter.in_a_row} training steps in a row had a non-finite loss or "
+                                             "gradient; stopping. The checkpoints already saved are intact; try a "
+                                             "lower --lr or check the data.")
                 if self.lr_step == "iteration":
                     self.__scheduler__.step()
                 bar.update(1)
-                if verbose and (totals.steps % 10 == 0 or totals.steps == last_step):
-                    elapsed = time.perf_counter() - started
-                    good = max(1, totals.steps - totals.nonfinite)
-                    bar.set_postfix_str(f"Loss {loss_sum.item() / good:.5f} TEER/TAcc {prec_sum.item() / good:2.3f}% "
-                                        f"- {samples / elapsed:.2f} Hz, data wait {100 * data_wait / elapsed:.0f}%")
-                if control is not None and totals.steps < last_step:  # the same steps on every rank
+                if verbose and (meter.totals.steps % 10 == 0 or meter.totals.steps == meter.last_step):
+                    bar.set_postfix_str(meter.progress())
+                if control is not None and meter.totals.steps < meter.last_step:  # the same steps on every rank
                     save, stop = control.poll(self.device)
                     if save and save_state is not None:
-                        save_state(current_totals())
+                        save_state(meter.current_totals())
                     if stop:
                         return None
-                waiting_since = time.perf_counter()
+                meter.waiting()
         if self.lr_step == "epoch":
             self.__scheduler__.step()
-        good = totals.steps - totals.nonfinite
-        if totals.steps == 0:
-            raise DataError("The epoch had no training step: the train list has fewer speakers with --nPerSpeaker "
-                            "utterances than --batch_size")
-        if good == 0:
-            raise NonFiniteLossError(f"All {totals.steps} training steps of the epoch had a non-finite loss or "
-                                     "gradient; try a lower --lr or check the data")
-        elapsed = time.perf_counter() - started
-        self.last_epoch = {"lr": totals.lr, "seconds": elapsed, "data_wait_seconds": data_wait,
-                                  "data_wait_share": data_wait / elapsed, "samples_per_second": samples / elapsed,
-                                  "nonfinite_steps": totals.nonfinite}
-        return loss_sum.item() / good, prec_sum.item() / good
+        self.last_epoch = meter.timing()
+        return meter.means()
 
     def evaluateFromList(self, test_list: str, test_path: str, nDataLoaderThread: int, eval_frames: int,
                          num_eval: int = 10, scoring: str = "original", **kwargs):

@@ -95,10 +95,9 @@ def start_point(trainer: ModelTrainer, run: RunSettings, context: distributed.Co
     return ResumePoint()
 
 
-def train(trainer: ModelTrainer, settings: Settings, context: distributed.Context) -> None:
+def train(trainer: ModelTrainer, settings: Settings, context: distributed.Context, dataset, sampler) -> None:
     """The epoch loop: train, log, and every test_interval epochs evaluate and save (rank 0 writes)."""
     run, data, optimisation = settings.run, settings.data, settings.optimisation
-    dataset, sampler = DatasetLoader.training_data(data, context.rank, context.world_size)  # checked at the start
     point = start_point(trainer, run, context)
     control = RunControl(run.checkpoint_minutes)
     control.install_signal_handlers()
@@ -118,7 +117,7 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
                     print(f"Saved the training state after {partial.steps} batches of epoch {current} to {resume_path}")
 
             result = trainer.train_network(DatasetLoader.epoch_loader(dataset, sampler, data, skip), context.is_main,
-                                           control, totals, save_state)
+                                           control, totals, save_state, epoch)
             if result is None:
                 print(f"Stopped by signal {control.signal_received}; run the same command again to continue.")
                 return
@@ -182,15 +181,18 @@ def main_worker(context: distributed.Context, settings: Settings) -> None:
             speaker_net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     else:
         wrapped = WrappedModel(speaker_net)
-    trainer = ModelTrainer.from_settings(wrapped, settings.optimisation, device, settings.flags, context)
     try:
         if run.eval:
+            trainer = ModelTrainer.from_settings(wrapped, settings.optimisation, device, settings.flags, context)
             load_for_evaluation(trainer, run)
             if context.is_main:
                 print(f"Total parameters: {sum(p.numel() for p in speaker_net.__S__.parameters())}")
             evaluation.run_evaluation(trainer, settings.evaluation)
         else:
-            train(trainer, settings, context)
+            dataset, sampler = DatasetLoader.training_data(settings.data, context.rank, context.world_size)
+            flags = {**settings.flags, "steps_per_epoch": DatasetLoader.steps_per_epoch(sampler, settings.data)}
+            trainer = ModelTrainer.from_settings(wrapped, settings.optimisation, device, flags, context)
+            train(trainer, settings, context, dataset, sampler)
     finally:
         if context.distributed:
             torch.distributed.destroy_process_group()
