@@ -5,6 +5,7 @@ import collections
 import functools
 import glob
 import itertools
+import math
 import multiprocessing
 import os
 import random
@@ -14,9 +15,15 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from audio.effects import convolve_rir, mix_noises
+from audio.effects import change_speed, convolve_rir, mix_noises, spectral_masks
 from audio.file_lists import check_files_exist, read_train_list
-from audio.reading import AudioReadError, LoaderStats, load_crops, loadWAV  # noqa: F401 (loadWAV is part of the API)
+from audio.reading import (  # noqa: F401 (loadWAV is part of the API)
+    AudioReadError,
+    LoaderStats,
+    crop_length,
+    load_crops,
+    loadWAV,
+)
 from runtime import distributed
 from runtime.errors import DataError, MissingFileError
 from runtime.loader_workers import batches, ignore_stop_signals  # noqa: F401 (batches: loops over loaders use it)
@@ -25,6 +32,8 @@ from runtime.loader_workers import batches, ignore_stop_signals  # noqa: F401 (b
 NOISE_SNR = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}
 # How many MUSAN files are mixed in (inclusive range).
 NOISE_COUNT = {"noise": (1, 1), "speech": (3, 7), "music": (1, 1)}
+# --speed_perturb: each training speaker also at these speeds, each a speaker (class) of its own.
+SPEED_FACTORS = (1.0, 0.9, 1.1)
 # augtype drawn per utterance: 0 none, 1 reverb, then one MUSAN category each.
 AUGMENT_TYPES = ("none", "reverb", "music", "speech", "noise")
 
@@ -110,18 +119,18 @@ class train_dataset_loader(torch.utils.data.Dataset):
 
     def __init__(self, train_list: str, augment: bool, musan_path: str, rir_path: str, max_frames: int,
                  train_path: str, seed: int = 10, nPerSpeaker: int = 1, skip_bad_audio: bool = False,
-                 check_files: bool = True, **kwargs):
+                 check_files: bool = True, speed_perturb: bool = False, spec_augment: bool = False, **kwargs):
         self.max_frames = max_frames
         self.seed = seed
         self.skip_bad_audio = skip_bad_audio
+        self.spec_augment = spec_augment
         self.stats = LoaderStats()
         self._epoch = multiprocessing.Value("q", 0)
-        speakers, self.data_list = read_train_list(train_list, train_path)
+        speakers, paths = read_train_list(train_list, train_path)
         if check_files:  # False when the caller has already checked them
-            check_files_exist(self.data_list, train_list, "--train_path", train_path)
-        self.speakers = sorted(set(speakers))
-        label_of = {speaker: label for label, speaker in enumerate(self.speakers)}
-        self.data_label = [label_of[speaker] for speaker in speakers]
+            check_files_exist(paths, train_list, "--train_path", train_path)
+        self.data_list, self.data_label, self.data_speed, self.speakers = expand_speakers(
+            paths, speakers, SPEED_FACTORS if speed_perturb else (1.0,))
         self.speaker_items = collections.defaultdict(list)
         for index, label in enumerate(self.data_label):
             self.speaker_items[label].append(index)
@@ -152,14 +161,26 @@ class train_dataset_loader(torch.utils.data.Dataset):
         crops = []
         for index in indices:
             audio = self._read_crop(index, rng)
-            crops.append(self.augmenter.augment(audio, rng) if self.augmenter is not None else audio)
+            if self.augmenter is not None:
+                audio = self.augmenter.augment(audio, rng)
+            crops.append(spectral_masks(audio, rng) if self.spec_augment else audio)
         return torch.from_numpy(np.concatenate(crops, axis=0)), self.data_label[indices[-1]]
+
+    def _crop_at_speed(self, index: int, draw: float) -> np.ndarray:
+        """One training crop of the item's file, at the item's speed (reading about speed x the crop's length)."""
+        speed = self.data_speed[index]
+        if speed == 1.0:
+            return load_crops(self.data_list[index], self.max_frames, False, 1, draw, self.stats)
+        length = crop_length(self.max_frames)
+        source_frames = math.ceil((length * speed - crop_length(0)) / 160) + 1
+        return change_speed(load_crops(self.data_list[index], source_frames, False, 1, draw, self.stats), speed,
+                            length)
 
     def _read_crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
         tried = set()
         while True:
             try:
-                return load_crops(self.data_list[index], self.max_frames, False, 1, rng.random(), self.stats)
+                return self._crop_at_speed(index, rng.random())
             except AudioReadError as error:
                 if not self.skip_bad_audio:
                     raise AudioReadError(f"{error}. Remove it from the list, or pass --skip_bad_audio to replace "
@@ -172,6 +193,19 @@ class train_dataset_loader(torch.utils.data.Dataset):
                     raise AudioReadError(f"every utterance of speaker {self.speakers[self.data_label[index]]} "
                                          f"is unreadable") from error
                 index = others[int(rng.integers(len(others)))]
+
+
+def expand_speakers(paths: list[str], speakers: list[str], speeds: tuple[float, ...]
+                    ) -> tuple[list[str], list[int], list[float], list[str]]:
+    """(paths, labels, speeds, speaker names) with every speaker once per speed: at speed k a speaker is a new
+    class, label + k * speakers, named '<speaker>@<speed>' (speed 1 keeps the name and the original's labels)."""
+    names = sorted(set(speakers))
+    label_of = {speaker: label for label, speaker in enumerate(names)}
+    labels = [label_of[speaker] for speaker in speakers]
+    expanded_names = [name if speed == 1.0 else f"{name}@{speed:g}" for speed in speeds for name in names]
+    return ([path for _ in speeds for path in paths],
+            [label + k * len(names) for k in range(len(speeds)) for label in labels],
+            [speed for speed in speeds for _ in paths], expanded_names)
 
 
 def training_data(data, rank: int = 0, world_size: int = 1, check_files: bool = False):

@@ -46,6 +46,10 @@ FLAG_GROUPS = {
         ("seed", int, 10, "seed of the sampler, crops and augmentation"),
         ("skip_bad_audio", bool, False, "replace unreadable training files by another of the same speaker "
                                         "(counted) instead of stopping"),
+        ("speed_perturb", bool, False, "each training speaker also at 0.9 and 1.1 speed as two new speakers "
+                                       "(3x the classes: set --nClasses to 3x the speakers)"),
+        ("spec_augment", bool, False, "SpecAugment-style masks: 2 frequency bands and 2 time spans of each "
+                                      "training crop zeroed in its spectrum"),
     ],
     "Training": [
         ("test_interval", int, 10, "evaluate and save every N epochs (also the StepLR step size)"),

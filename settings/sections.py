@@ -26,6 +26,8 @@ class DataSettings:
     rir_path: str
     seed: int
     skip_bad_audio: bool
+    speed_perturb: bool
+    spec_augment: bool
 
 
 @dataclass(frozen=True)
