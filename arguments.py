@@ -11,7 +11,7 @@ import yaml
 
 from runtime.errors import ConfigError
 from runtime.plugins import PluginError, declared_options
-from settings.flags import FLAG_GROUPS, LIST_KEYS, RUNTIME_KEYS, add_flag, check_ranges, str2bool
+from settings.flags import FLAG_GROUPS, LIST_KEYS, RUN_MODE_KEYS, RUNTIME_KEYS, add_flag, check_ranges, str2bool
 from settings.sections import Settings
 
 PLUGIN_FLAGS = {"models": "model", "loss": "trainfunc", "optimizer": "optimizer", "scheduler": "scheduler"}
@@ -124,8 +124,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolved_config(args: argparse.Namespace) -> dict:
-    """The configuration as YAML-able values, loadable again with --config."""
-    return {key: value for key, value in vars(args).items() if key not in RUNTIME_KEYS}
+    """The configuration as YAML-able values, loadable again with --config (for training or --eval)."""
+    return {key: value for key, value in vars(args).items() if key not in RUNTIME_KEYS + RUN_MODE_KEYS}
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:

@@ -215,18 +215,21 @@ def prepare_save_path(run: RunSettings) -> None:
             raise ConfigError(f"--save_path: cannot write to {path}; choose a folder you can write to")
 
 
-def check_inputs(settings: Settings) -> None:
-    """Everything the user gave that can be checked before any process starts or any model is built."""
+def check_inputs(settings: Settings, main: bool = True) -> None:
+    """Everything the user gave that can be checked before any process starts or any model is built.
+
+    `main` is False on the other ranks of a torchrun job: the files only rank 0 reads (save path, checkpoints,
+    calibration) are checked there; every node checks the data it reads itself."""
     run, model, optimisation = settings.run, settings.model, settings.optimisation
     for folder, name in (("models", model.model), ("loss", model.trainfunc), ("optimizer", optimisation.optimizer),
                          ("scheduler", optimisation.scheduler)):
         load_plugin(folder, name)
-    if run.initial_model and not os.path.isfile(run.initial_model):
+    if main and run.initial_model and not os.path.isfile(run.initial_model):
         raise MissingFileError(f"--initial_model {run.initial_model} does not exist")
     if run.eval:
-        if not run.initial_model and not checkpoints.has_training_state(run.model_save_path):
+        if main and not run.initial_model and not checkpoints.has_training_state(run.model_save_path):
             raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {run.model_save_path}")
-        evaluation.check_inputs(settings.evaluation)
+        evaluation.check_inputs(settings.evaluation, main)
         return
     loss = load_plugin("loss", model.trainfunc)
     check_per_speaker(model.trainfunc, loss, model.nPerSpeaker)
@@ -236,7 +239,7 @@ def check_inputs(settings: Settings) -> None:
         DatasetLoader.check_augmentation_data(settings.data.musan_path, settings.data.rir_path)
     during_training = replace(settings.evaluation, test_list=settings.evaluation.test_list[:1], score_file="",
                               fit_calibration="", embeddings_cache="")
-    trials = evaluation.check_inputs(during_training)[0][0]
+    trials = evaluation.check_inputs(during_training, main)[0][0]
     if len(set(trials.labels[trials.labels >= 0].tolist())) < 2:
         raise DataError(f"{trials.path}: evaluation during training needs target (1) and non-target (0) trials")
 
@@ -253,8 +256,10 @@ def run(argv: list[str]) -> int:
     resolve_device(device)
     print(f"Python {sys.version.split()[0]}, PyTorch {torch.__version__}, "
           f"{torch.cuda.device_count()} GPU(s), save path {settings.run.save_path}")
-    prepare_save_path(settings.run)
-    check_inputs(settings)
+    main = distributed.launch_rank() == 0  # only rank 0 reads and writes the save path
+    if main:
+        prepare_save_path(settings.run)
+    check_inputs(settings, main)
     distributed.start(main_worker, settings, settings.run)
     return 0
 

@@ -96,7 +96,7 @@ def embed_paths(model, roots: dict[str, list[str]], settings, device: torch.devi
 
     `settings` is the EvaluationSettings of the run."""
     key = cache_key(model, settings.eval_frames, settings.num_eval, autocast_dtype)
-    cached = load_embeddings_cache(settings.embeddings_cache, key)
+    cached = distributed.from_main(lambda: load_embeddings_cache(settings.embeddings_cache, key))
     fresh: dict[str, torch.Tensor] = {}
     for root, names in roots.items():
         missing = [name for name in names if os.path.join(root, name) not in cached][context.rank::context.world_size]

@@ -95,10 +95,11 @@ def write_score_file(path: str, scores: np.ndarray, trials: Trials) -> None:
                                           zip(scores, trials.enrol, trials.test)))
 
 
-def check_inputs(settings: EvaluationSettings | argparse.Namespace
+def check_inputs(settings: EvaluationSettings | argparse.Namespace, main: bool = True
                  ) -> tuple[list[Trials], list[str], dict[str, list[str]] | None, calibration.Calibration | None]:
     """Read and check everything an evaluation needs before any embedding work: (trial lists, their files in
-    order, the cohort, the calibration to apply); output folders are created."""
+    order, the cohort, the calibration to apply). On rank 0 (`main`) also the calibration and the output folders,
+    which the other ranks never touch."""
     settings = as_settings(settings)
     if not settings.test_list:
         raise ConfigError("--test_list names no trial list")
@@ -107,6 +108,8 @@ def check_inputs(settings: EvaluationSettings | argparse.Namespace
     files = sorted({name for trials in lists for name in trials.files})
     check_files_exist(files, settings.test_path, ", ".join(trials.path for trials in lists))
     cohort = _cohort(settings)
+    if not main:
+        return lists, files, cohort, None
     calibrator = _saved_calibration(settings)
     _make_output_folders(settings)
     return lists, files, cohort, calibrator
@@ -123,7 +126,7 @@ def run_evaluation(trainer_or_model, settings: EvaluationSettings | argparse.Nam
     autocast_dtype = getattr(trainer_or_model, "autocast_dtype", None)
     context = context or getattr(trainer_or_model, "context", distributed.Context())
     model.eval()
-    lists, files, cohort, calibrator = check_inputs(settings)
+    lists, files, cohort, calibrator = check_inputs(settings, context.is_main)
     roots = {settings.test_path: files, "": [p for group in cohort.values() for p in group] if cohort else []}
     embeddings = embed_paths(model, roots, settings, device, autocast_dtype, context)
     if not context.is_main:

@@ -37,6 +37,11 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun): known before the group forms."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def torchrun_world_size() -> int:
     """WORLD_SIZE of a torchrun launch (1 when not launched by torchrun)."""
     return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1

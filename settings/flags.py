@@ -6,6 +6,9 @@ import argparse
 from runtime.errors import ConfigError
 
 RUNTIME_KEYS = ("model_save_path", "result_save_path", "feat_save_path", "gpu", "config", "debug")
+# Left out of the run's saved config.yaml: as YAML wins over the command line, they would stop the file from
+# being reused with --eval or with another --initial_model.
+RUN_MODE_KEYS = ("eval", "initial_model")
 LIST_KEYS = ("test_list",)  # keys whose YAML value may be a list (joined with commas like the command line)
 # Smallest accepted value of numeric flags; checked after the YAML is applied.
 MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk": 1, "nDataLoaderThread": 0,
@@ -81,7 +84,8 @@ FLAG_GROUPS = {
         ("score_file", str, "", "--eval: write '<score> <enrol> <test>' per trial to this file (plots beside it)"),
     ],
     "Load and save": [
-        ("initial_model", str, "", "weights to start from (takes precedence over resuming)"),
+        ("initial_model", str, "", "weights a new run starts from (a run with its own state in --save_path "
+                                   "continues from that state)"),
         ("save_path", str, "exps/exp1", "experiment folder (model/ and result/ inside)"),
     ],
     "Training and test data": [
