@@ -35,6 +35,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    truncated: list[tuple[str, int, int]] = field(default_factory=list)
 
     def missing_in(self, prefix: str) -> list[str]:
         """Missing keys that start with `prefix` (e.g. '__S__.')."""
@@ -56,6 +57,8 @@ class LoadReport:
         listing("missing in the file, left at their initial values", self.missing)
         listing("in the file but not in the model, ignored", self.unexpected)
         listing("shape differs, ignored", [f"{k} model {list(m)} file {list(f)}" for k, m, f in self.mismatched])
+        listing("loss classes kept: the first ones of the file's", [f"{k} {kept} of {total}"
+                                                                     for k, kept, total in self.truncated])
         return "\n".join(lines)
 
 
@@ -97,6 +100,10 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path
             name = key if key in own else key.replace("module.", "")
             if name not in own:
                 report.unexpected.append(key)
+            elif classes_to_keep(name, own[name], value):
+                own[name].copy_(value[:own[name].shape[0]])
+                report.loaded.append(name)
+                report.truncated.append((name, own[name].shape[0], value.shape[0]))
             elif own[name].shape != value.shape:
                 report.mismatched.append((name, tuple(own[name].shape), tuple(value.shape)))
             else:
@@ -109,6 +116,15 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path
         raise CheckpointError(f"Checkpoint {path} shares no tensor with this model (same name and shape; see the "
                               "list above). Check --model, --encoder_type, --n_mels and --nOut against the checkpoint.")
     return report
+
+
+def classes_to_keep(name: str, own: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether a loss tensor of the file holds a whole multiple of the model's classes along its first axis, as a
+    classifier trained with --speed_perturb does (its first classes are the speakers at speed 1): the model then
+    keeps those (large-margin fine-tuning without speed perturbation)."""
+    return (name.startswith("__L__.") and own.dim() == value.dim() and own.dim() >= 1
+            and own.shape[1:] == value.shape[1:] and value.shape[0] > own.shape[0]
+            and value.shape[0] % own.shape[0] == 0)
 
 
 def write_atomically(payload: dict, path: str | os.PathLike) -> None:

@@ -111,3 +111,19 @@ def test_atomic_write_and_listing(tmp_path):
     assert not list(tmp_path.glob("model00000001[0].model.tmp"))
     content = torch.load(listed[-1], weights_only=True)  # how the original's HEAD loader reads it
     assert content["epoch"] == 10 and set(content["model_state_dict"]) == set(weights)
+
+
+def test_speed_perturbed_classifier_keeps_its_first_classes(tmp_path, capsys):
+    """A head trained on 3x the classes (--speed_perturb) loads into a head of the speakers at speed 1."""
+    model = torch.nn.Module()
+    model.__L__ = torch.nn.Linear(4, 5)
+    model.__S__ = torch.nn.Linear(3, 4)
+    file_weights = {"__L__.weight": torch.arange(60.0).reshape(15, 4), "__L__.bias": torch.arange(15.0),
+                    "__S__.weight": torch.ones(4, 3), "__S__.bias": torch.ones(4)}
+    report = checkpoints.load_weights(model, file_weights, "sp.model")
+    assert torch.equal(model.__L__.weight, file_weights["__L__.weight"][:5])
+    assert torch.equal(model.__L__.bias, torch.arange(5.0)) and not report.mismatched
+    assert sorted(name for name, _, _ in report.truncated) == ["__L__.bias", "__L__.weight"]
+    assert "loss classes kept: the first ones of the file's (2)" in report.text()
+    odd = dict(file_weights, **{"__L__.weight": torch.zeros(7, 4)})  # 7 is no multiple of 5: not a class layout
+    assert [name for name, _, _ in checkpoints.load_weights(model, odd, "x").mismatched] == ["__L__.weight"]
