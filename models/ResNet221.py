@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.ResNetFamily import Bottleneck, FbankResNet
+from models.ResNetFamily import POOLING_OPTION, Bottleneck, FbankResNet
 
-OPTIONS = {"pooling": (str, "TSTP", "ResNet34/221/293: temporal pooling, TSTP (mean and std over time) or "
-                                    "ASTP (attentive statistics)")}
+OPTIONS = {"pooling": POOLING_OPTION}
 
 
 def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", **kwargs) -> nn.Module:

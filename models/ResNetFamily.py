@@ -13,6 +13,9 @@ from models.ResNetBlocks import make_layer
 from models.StatsPooling import statistics_pooling
 
 BASE_WIDTH = 32  # channels of the stem and the first stage; stages 2-4 double it each time
+# The option ResNet34, ResNet221 and ResNet293 declare (their OPTIONS): the temporal pooling.
+POOLING_OPTION = (str, "TSTP", "ResNet34/221/293: temporal pooling, TSTP (mean and std over time) or ASTP "
+                               "(attentive statistics)")
 
 
 class BasicBlock(nn.Module):
