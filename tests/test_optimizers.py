@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from runtime.plugins import PluginError, declared_options, load_plugin
+from runtime.plugins import PluginError, build_plugin, declared_options, load_plugin
 
 FLAGS = {"lr": 0.1, "weight_decay": 1e-4, "lr_decay": 0.95, "max_epoch": 150, "margin": 0.2, "nOut": 8}
 
@@ -47,3 +47,8 @@ def test_an_unknown_name_lists_them():
     with pytest.raises(PluginError, match="sgd_nesterov") as error:
         load_plugin("optimizer", "nesterov")
     assert "adamw" in str(error.value)
+
+
+def test_a_setting_the_optimizer_rejects_is_a_plugin_error():
+    with pytest.raises(PluginError, match="optimizer/sgd_nesterov.py: .*momentum"):
+        build_plugin("optimizer", "sgd_nesterov", {**FLAGS, "momentum": 0.0}, parameters())
