@@ -2,7 +2,7 @@
 wespeaker's ResNet34 recipe (momentum 0.9, weight decay 1e-4)."""
 import torch
 
-OPTIONS = {"momentum": (float, 0.9, "momentum of the SGD optimizers with Nesterov momentum")}
+OPTIONS = {"momentum": (float, 0.9, "momentum of Nesterov SGD")}
 
 
 def Optimizer(parameters, lr: float, weight_decay: float, momentum: float = 0.9, **kwargs) -> torch.optim.Optimizer:
