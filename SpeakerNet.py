@@ -12,7 +12,7 @@ from runtime import checkpoints, distributed
 from runtime.checkpoints import EpochTotals, Recoverables, ResumePoint
 from runtime.device import autocast_dtype
 from runtime.errors import DataError, UserError
-from runtime.plugins import PluginError, build_plugin, load_plugin, plugin_module
+from runtime.plugins import PluginError, build_plugin, plugin_module
 from runtime.run_control import RunControl
 
 # Flags that shape the embeddings besides the weights; a model's own OPTIONS do too.
@@ -143,8 +143,8 @@ class ModelTrainer:
         self.__model__ = speaker_model
         self.device = device
         self.context = context
-        self.__optimizer__ = load_plugin("optimizer", optimizer)(self.__model__.parameters(), **kwargs)
-        self.__scheduler__, self.lr_step = load_plugin("scheduler", scheduler)(self.__optimizer__, **kwargs)
+        self.__optimizer__ = build_plugin("optimizer", optimizer, kwargs, self.__model__.parameters())
+        self.__scheduler__, self.lr_step = build_plugin("scheduler", scheduler, kwargs, self.__optimizer__)
         if self.lr_step not in ("epoch", "iteration"):
             raise PluginError(f"Scheduler '{scheduler}' returned lr_step '{self.lr_step}'; "
                               "expected 'epoch' or 'iteration'")

@@ -1,8 +1,19 @@
-"""Pieces shared by the loss plug-ins: the [B, nPerSpeaker, D] batch, top-1 accuracy and the equal error rate."""
+"""Pieces shared by the loss plug-ins: the [B, nPerSpeaker, D] batch, top-1 accuracy, the equal error rate, the
+additive angular margin and the margin schedule."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+RISE_FLOOR = 1e-3  # the scheduled margin rises as 1 - RISE_FLOOR ** t (wespeaker's exponential increase)
+MARGIN_SCHEDULE_OPTIONS = {
+    "margin_start": (float, 20.0, "epochs trained with margin 0 before the margin starts to rise"),
+    "margin_end": (float, 40.0, "epochs trained when the rising margin reaches --margin (fixed afterwards)"),
+}
 
 
 def per_speaker_words(low: int, high: int | None) -> str:
@@ -70,3 +81,47 @@ def check_embedding_size(loss: nn.Module, x: torch.Tensor, n_out: int) -> None:
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Matrix of squared Euclidean distances ||a_i - b_j||^2 for a [N, D] and b [M, D] -> [N, M]."""
     return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp(min=0)
+
+
+def additive_angular_margin(cosine: torch.Tensor, margin: float, easy_margin: bool) -> torch.Tensor:
+    """cos(theta + margin) of every cosine, ArcFace's target logit before scaling.
+
+    Beyond theta = pi - margin it continues as cos(theta) - margin * sin(margin), so it keeps falling with theta;
+    with `easy_margin` the margin applies only where cos(theta) > 0 and other entries stay cos(theta)."""
+    sine = (1.0 - cosine * cosine).clamp(0, 1).sqrt()
+    phi = cosine * math.cos(margin) - sine * math.sin(margin)
+    if easy_margin:
+        return torch.where(cosine > 0, phi, cosine)
+    return torch.where(cosine > math.cos(math.pi - margin), phi, cosine - math.sin(math.pi - margin) * margin)
+
+
+def with_target(logits: torch.Tensor, target_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """`logits` [N, C] with each row's entry at its label taken from `target_logits` [N, C]."""
+    one_hot = F.one_hot(label, logits.shape[1]).to(logits.dtype)
+    return one_hot * target_logits + (1.0 - one_hot) * logits
+
+
+@dataclass(frozen=True)
+class MarginSchedule:
+    """The share of the final margin after a number of training epochs: 0 before `start`, 1 from `end` on.
+
+    In between, with t = (epochs - start) / (end - start), the share is 1 - 0.001 ** t (= 1 - exp(t * ln 0.001)),
+    the exponential-shaped rise of wespeaker's MarginScheduler: steep at first (0.5 of the margin after 10 % of
+    the ramp, 0.97 at its middle), 0.999 just before `end`, then exactly 1. wespeaker counts epochs from 1, so its
+    increase_start_epoch 20 and fix_start_epoch 40 are start 19 and end 39 here."""
+
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"the margin schedule needs 0 <= --margin_start <= --margin_end, got --margin_start "
+                             f"{self.start} and --margin_end {self.end}")
+
+    def share(self, epochs: float) -> float:
+        """Share of the final margin (0 to 1) after `epochs` epochs of training (a fraction within an epoch)."""
+        if epochs >= self.end:
+            return 1.0
+        if epochs < self.start:
+            return 0.0
+        return 1.0 - RISE_FLOOR ** ((epochs - self.start) / (self.end - self.start))

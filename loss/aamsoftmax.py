@@ -1,13 +1,18 @@
 """Additive angular margin softmax (ArcFace): s * cos(theta + m) for the target class."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loss.LossHelpers import accuracy, check_embedding_size, every_utterance, speaker_batch
+from loss.LossHelpers import (
+    accuracy,
+    additive_angular_margin,
+    check_embedding_size,
+    every_utterance,
+    speaker_batch,
+    with_target,
+)
 
 
 class LossFunction(nn.Module):
@@ -31,21 +36,11 @@ class LossFunction(nn.Module):
         self.easy_margin = bool(easy_margin)
         self.weight = nn.Parameter(torch.empty(nClasses, nOut))
         nn.init.xavier_normal_(self.weight, gain=1)
-        self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
-        self.th = math.cos(math.pi - margin)
-        self.mm = math.sin(math.pi - margin) * margin
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, 1, nOut] (or [B, nOut]), label [B] -> (loss, accuracy %)."""
         x, label = every_utterance(speaker_batch(self, x), label)
         check_embedding_size(self, x, self.in_feats)
         cosine = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
-        sine = (1.0 - cosine * cosine).clamp(0, 1).sqrt()
-        phi = cosine * self.cos_m - sine * self.sin_m
-        if self.easy_margin:
-            phi = torch.where(cosine > 0, phi, cosine)
-        else:
-            phi = torch.where(cosine > self.th, phi, cosine - self.mm)
-        one_hot = F.one_hot(label, cosine.shape[1]).to(cosine.dtype)
-        logits = self.s * (one_hot * phi + (1.0 - one_hot) * cosine)
+        logits = self.s * with_target(cosine, additive_angular_margin(cosine, self.m, self.easy_margin), label)
         return F.cross_entropy(logits, label), accuracy(logits, label)

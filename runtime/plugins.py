@@ -51,11 +51,12 @@ def load_plugin(folder: str, name: str):
     return getattr(plugin_module(folder, name), PLUGIN_KINDS[folder][1])
 
 
-def build_plugin(folder: str, name: str, kwargs: dict) -> nn.Module:
-    """Construct a plug-in; a setting it rejects (a ValueError) becomes a PluginError naming it."""
+def build_plugin(folder: str, name: str, kwargs: dict, *args):
+    """Construct a plug-in (`args` first: an optimizer's parameters, a scheduler's optimizer); a setting it
+    rejects (a ValueError) becomes a PluginError naming it."""
     factory = load_plugin(folder, name)
     try:
-        return factory(**kwargs)
+        return factory(*args, **kwargs)
     except ValueError as error:
         raise PluginError(f"{folder}/{name}.py: {error}") from error
 
