@@ -2,6 +2,7 @@
 a training step through SpeakerNet, state_dict round trips, bfloat16 autocast, front end, pooling, options."""
 import inspect
 import io
+import math
 from importlib import import_module
 
 import pytest
@@ -263,3 +264,26 @@ def test_resnet_pooling_help_is_shared():
     """The three ResNets declare one --pooling flag, so their declarations must agree."""
     options = {name: import_module(f"models.{name}").OPTIONS for name in ("ResNet34", "ResNet221", "ResNet293")}
     assert options["ResNet34"] == options["ResNet221"] == options["ResNet293"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("key", model_ids())
+def test_evaluation_on_cpu(key, tiny_corpus, tmp_path):
+    """--eval's pipeline with the model: a finite score per trial, and the EER of exactly those scores."""
+    import evaluation
+    from settings.sections import EvaluationSettings
+    from tuneThreshold import tuneThresholdfromScore
+
+    name, options, n_out, _ = MODELS[key]
+    torch.manual_seed(0)
+    net = SpeakerNet(model=name, trainfunc="aamsoftmax", nPerSpeaker=1, nOut=n_out, nClasses=5, n_mels=80,
+                     **options)
+    score_file = tmp_path / "scores.txt"
+    settings = EvaluationSettings.from_flags(dict(test_list=tiny_corpus["test_list"], score_file=str(score_file),
+                                                  test_path=tiny_corpus["test_path"], eval_frames=100, num_eval=2,
+                                                  nDataLoaderThread=0))
+    result = evaluation.run_evaluation(net, settings)[tiny_corpus["test_list"]]
+    scores = [float(line.split()[0]) for line in score_file.read_text().splitlines()]
+    labels = [int(line.split()[0]) for line in open(tiny_corpus["test_list"])]
+    assert len(scores) == result["trials"] == tiny_corpus["trials"] and all(map(math.isfinite, scores))
+    assert result["eer"] == pytest.approx(tuneThresholdfromScore(scores, labels, [1, 0.1])[1])
