@@ -213,3 +213,26 @@ def test_evaluate_from_list_matches_the_score_file(tiny_corpus, tmp_path, traine
     assert pairs == [pair for _, pair in expected]
     np.testing.assert_allclose(scores, [float(score) for score, _ in expected], atol=2e-6)
     assert labels.tolist() == [int(line.split()[0]) for line in Path(tiny_corpus["test_list"]).read_text().splitlines()]
+
+
+def test_dropped_in_model_declares_its_own_option(tiny_corpus, tmp_path):
+    """A model file with OPTIONS gets its flag and YAML key, and --help lists it, with no edit elsewhere."""
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT_ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "tests", "data", "exps",
+                                                                          "__pycache__", "benchmarks"))
+    (project / "models" / "WideConv.py").write_text(
+        "import torch.nn as nn\n\n"
+        "OPTIONS = {\"kernel_width\": (int, 400, \"WideConv: width of the first convolution in samples\")}\n\n\n"
+        "def MainModel(nOut=8, kernel_width=400, **kwargs):\n"
+        "    return nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 4, kernel_width, stride=160), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, nOut))\n")
+    help_text = run_cli(["--help"], cwd=project).stdout
+    assert "--kernel_width" in help_text and "WideConv: width of the first convolution" in help_text
+    (tmp_path / "wide.yaml").write_text("kernel_width: 240\n")
+    save_path = tmp_path / "wide_run"
+    argv = small_run(tiny_corpus, save_path, "--model", "WideConv", "--max_epoch", "1", "--config",
+                     str(tmp_path / "wide.yaml"))
+    run_cli(argv, cwd=project)
+    content = torch.load(save_path / "model" / "model000000001.model", weights_only=True)
+    assert content["model_state_dict"]["__S__.1.weight"].shape == (4, 1, 240)
+    assert content["args"]["kernel_width"] == 240
