@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from preparation.archives import DataprepError, basic_auth, extract, fetch_verified, join_parts, md5sum
-from runtime.atomic_files import atomic_write, write_text
+from runtime.atomic_files import partial_path, publish, write_text
 
 CLASSIC_URL = "http://cnode01.mm.kaist.ac.kr/voxceleb/vox1a/{file}"
 KEY_URL = "https://cn01.mmai.io/download/voxceleb?file={file}&key={key}"
@@ -102,14 +102,17 @@ def convert_one(ffmpeg: str, source: Path) -> str | None:
     """Convert one m4a to 16 kHz mono 16-bit wav via a temporary name; returns an error line or None."""
     target = wav_destination(source)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(target) as partial:
-        command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-ac", "1", "-vn",
-                   "-acodec", "pcm_s16le", "-ar", "16000", "-f", "wav", str(partial)]
+    partial = partial_path(target)
+    command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-ac", "1", "-vn",
+               "-acodec", "pcm_s16le", "-ar", "16000", "-f", "wav", str(partial)]
+    try:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            partial.unlink(missing_ok=True)
             return f"{source}: {(result.stderr.strip().splitlines() or [f'ffmpeg exit code {result.returncode}'])[-1]}"
-    return None
+        publish(partial, target)
+        return None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def convert(args: argparse.Namespace) -> None:
