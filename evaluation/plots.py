@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+import numpy as np
+from scipy.stats import norm
+from sklearn.metrics import det_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.stats import norm  # noqa: E402
-from sklearn.metrics import det_curve  # noqa: E402
-
-from runtime.atomic_files import atomic_write  # noqa: E402
+from runtime.atomic_files import atomic_write
 
 DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8]
 
@@ -22,20 +18,26 @@ def _probit(rates: np.ndarray) -> np.ndarray:
     return norm.ppf(np.clip(rates, 1e-4, 1 - 1e-4))
 
 
+def _figure(width: float, height: float):
+    """(figure, axes) drawn off screen. matplotlib is imported here, at the first plot, because importing it
+    is slow and may start font-cache subprocesses."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    return figure, figure.subplots()
+
+
 def _save(figure, path: str) -> None:
-    """Write a PNG atomically and close the figure."""
-    try:
-        with atomic_write(path) as temporary:
-            figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(figure)
+    """Write a PNG atomically."""
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
 
 
 def plot_det(path: str, target: np.ndarray, nontarget: np.ndarray, metrics: dict) -> None:
     """DET curve (probit axes) with the EER point and each MinDCF operating point marked."""
     labels = np.concatenate([np.ones(len(target)), np.zeros(len(nontarget))])
     fpr, fnr, _ = det_curve(labels, np.concatenate([target, nontarget]))
-    figure, axes = plt.subplots(figsize=(5.5, 5.5))
+    figure, axes = _figure(5.5, 5.5)
     axes.plot(_probit(fpr), _probit(fnr), label="DET")
     eer = metrics["eer"] / 100
     axes.plot(_probit(eer), _probit(eer), "o", label=f"EER {100 * eer:.2f}%")
@@ -57,7 +59,7 @@ def plot_det(path: str, target: np.ndarray, nontarget: np.ndarray, metrics: dict
 
 def plot_histograms(path: str, target: np.ndarray, nontarget: np.ndarray) -> None:
     """Overlaid density histograms of target and non-target scores."""
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    figure, axes = _figure(6.5, 4)
     bins = np.linspace(min(target.min(), nontarget.min()), max(target.max(), nontarget.max()), 80)
     axes.hist(nontarget, bins=bins, density=True, alpha=0.6, label=f"non-target ({len(nontarget)})")
     axes.hist(target, bins=bins, density=True, alpha=0.6, label=f"target ({len(target)})")
