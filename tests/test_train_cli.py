@@ -163,10 +163,16 @@ def test_too_few_classes_for_the_speakers_is_a_clear_error(tiny_corpus, tmp_path
     assert not list((tmp_path / "x" / "model").glob("*.model"))
 
 
-def test_dropped_in_plugins_work_by_name(tiny_corpus, tmp_path):
+def copy_of_project(tmp_path: Path) -> Path:
+    """The project's code (no tests, data or venv) in tmp_path/project, to drop plug-in files into."""
     project = tmp_path / "project"
     shutil.copytree(PROJECT_ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "tests", "data", "exps",
                                                                           "__pycache__", "benchmarks"))
+    return project
+
+
+def test_dropped_in_plugins_work_by_name(tiny_corpus, tmp_path):
+    project = copy_of_project(tmp_path)
     (project / "models" / "TinyConv.py").write_text(
         "import torch.nn as nn\n\n\n"
         "def MainModel(nOut=8, **kwargs):\n"
@@ -217,9 +223,7 @@ def test_evaluate_from_list_matches_the_score_file(tiny_corpus, tmp_path, traine
 
 def test_dropped_in_model_declares_its_own_option(tiny_corpus, tmp_path):
     """A model file with OPTIONS gets its flag and YAML key, and --help lists it, with no edit elsewhere."""
-    project = tmp_path / "project"
-    shutil.copytree(PROJECT_ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "tests", "data", "exps",
-                                                                          "__pycache__", "benchmarks"))
+    project = copy_of_project(tmp_path)
     (project / "models" / "WideConv.py").write_text(
         "import torch.nn as nn\n\n"
         "OPTIONS = {\"kernel_width\": (int, 400, \"WideConv: width of the first convolution in samples\")}\n\n\n"
