@@ -8,7 +8,7 @@ import numpy as np
 
 import tuneThreshold
 from audio.file_lists import check_files_exist as check_paths_exist
-from audio.file_lists import read_train_list
+from audio.kaldi_data import read_speaker_list
 from evaluation import calibration, plots, score_norm
 from evaluation.extraction import embed_paths, extract_embeddings
 from evaluation.scoring import SCORING_MODES, score_trials
@@ -27,7 +27,7 @@ def _cohort(settings: EvaluationSettings) -> dict[str, list[str]] | None:
     """The cohort speakers' full paths when score normalisation is on (files checked first)."""
     if settings.score_norm == "none":
         return None
-    speakers, paths = read_train_list(settings.cohort_list, settings.cohort_path)
+    speakers, paths = read_speaker_list(settings.cohort_list, settings.cohort_path)
     cohort = score_norm.select_cohort(speakers, paths, settings.cohort_size, settings.cohort_utterances)
     if settings.score_norm == "asnorm" and len(cohort) < settings.norm_topk:
         raise ConfigError(f"The cohort from {settings.cohort_list} has {len(cohort)} speakers, fewer than "
@@ -103,7 +103,7 @@ def check_inputs(settings: EvaluationSettings | argparse.Namespace, main: bool =
     settings = as_settings(settings)
     if not settings.test_list:
         raise ConfigError("--test_list names no trial list")
-    lists = [read_trials(path) for path in settings.test_list]
+    lists = [read_trials(path, settings.test_path) for path in settings.test_list]
     _check_settings(settings, lists[0])
     files = sorted({name for trials in lists for name in trials.files})
     check_files_exist(files, settings.test_path, ", ".join(trials.path for trials in lists))
@@ -191,7 +191,7 @@ def scores_of_list(model, test_list: str, test_path: str, eval_frames: int, num_
     """The original's evaluateFromList: (scores, labels, '<enrol> <test>' lines) of one trial list, each rank
     embedding its share of the files."""
     model.eval()
-    trials = read_trials(test_list)
+    trials = read_trials(test_list, test_path)
     check_files_exist(trials.files, test_path)
     share = trials.files[context.rank::context.world_size]
     embeddings = distributed.gather_dicts(extract_embeddings(model, share, test_path, eval_frames, num_eval, workers,
