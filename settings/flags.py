@@ -127,6 +127,8 @@ FLAG_GROUPS = {
         ("calibration", str, "", "apply this saved calibration: scores become log-likelihood ratios"),
         ("fit_calibration", str, "", "fit a calibration on the first --test_list and save it to this path"),
         ("calibration_prior", float, 0.5, "target prior the calibration is fitted at"),
+        ("calibration_quality", str, "", "quality terms of --fit_calibration (QMF), comma-separated: duration "
+                                         "(log durations), norm (embedding norms), cohort (score-norm statistics)"),
         ("embeddings_cache", str, "", "file of saved embeddings: reused when model and crop settings match, "
                                       "updated with new files"),
         ("eval_files_per_batch", int, 0, "test files per forward pass (0: 16 on a GPU, 16 crops' worth on a CPU)"),
