@@ -102,12 +102,15 @@ class SpeakerEmbedder:
         if self.calibration:
             self.calibration.check_matches(self.settings["scoring"], "none", calibration_path)
 
-    def embed_files(self, files: list[str], root: str = "", num_workers: int = 0) -> dict[str, np.ndarray]:
-        """`[crops, D]` float32 embeddings of files (paths relative to root), batched like --eval."""
+    def embed_files(self, files: list[str], root: str = "", num_workers: int = 0,
+                    length_tolerance: float = 0.0) -> dict[str, np.ndarray]:
+        """`[crops, D]` float32 embeddings of files (paths relative to root), batched like --eval; whole utterances
+        within `length_tolerance` of a batch's shortest are cut to its length (0: exactly --eval's embeddings)."""
         check_files_exist([os.path.join(root, name) for name in files], "the files to embed", "--root",
                           root or ".")
         embeddings = evaluation.extract_embeddings(self.net, files, root, self.settings["eval_frames"],
-                                                   self.settings["num_eval"], num_workers, self.device)
+                                                   self.settings["num_eval"], num_workers, self.device,
+                                                   length_tolerance=length_tolerance)
         return {name: value.numpy() for name, value in embeddings.items()}
 
     def score(self, enrol: str, test: str) -> float:
@@ -209,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--average", action="store_true", help="save one unit vector per file, not its crops")
     embed.add_argument("--workers", "--nDataLoaderThread", dest="workers", type=int, default=0,
                        help="DataLoader workers that read the audio")
+    embed.add_argument("--length_tolerance", type=float, default=0.05, help="--eval_frames 0: whole utterances "
+                       "at most this fraction longer than a batch's shortest are cut to it (centred) and share its "
+                       "forward pass; 0: equal lengths only, exactly --eval's embeddings")
     verify = commands.add_parser("verify", parents=[common], help="score a pair of files")
     verify.add_argument("enrol")
     verify.add_argument("test")
@@ -224,13 +230,15 @@ def run(argv: list[str]) -> int:
     if args.command == "embed":
         if not (args.output or args.kaldi_dir):
             raise ConfigError("Name an --output (.npy/.npz), a --kaldi_dir, or both")
+        if args.length_tolerance < 0:
+            raise ConfigError(f"--length_tolerance is a fraction of a length (0 or more), got {args.length_tolerance}")
         files, root = input_files(args.source, args.root)
         check_output(args.output, len(files))
         names = utterance_names(args.source, files) if args.kaldi_dir else None
     embedder = SpeakerEmbedder(args.initial_model, args.config, args.device, getattr(args, "calibration", None),
                                **overrides)
     if args.command == "embed":
-        embeddings = embedder.embed_files(files, root, args.workers)
+        embeddings = embedder.embed_files(files, root, args.workers, args.length_tolerance)
         if args.kaldi_dir:
             save_kaldi_folder(args.kaldi_dir, names, embeddings)
         if args.average:
