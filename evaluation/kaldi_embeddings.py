@@ -12,7 +12,7 @@ from audio.file_lists import read_list_lines
 from audio.kaldi_data import is_wav_scp, read_utt2spk, read_wav_scp
 from audio.reading import AUDIO_EXTENSIONS
 from runtime.atomic_files import atomic_write, write_text
-from runtime.errors import DataError
+from runtime.errors import DataError, MissingFileError
 
 
 def _check_keys(keys: list[str]) -> None:
@@ -52,7 +52,10 @@ def read_kaldi_embeddings(scp: str) -> dict[str, np.ndarray]:
     """Utterance id -> vector of an `embedding.scp` (or any scp of float vectors), in the scp's order."""
     import kaldiio
 
-    return {key: np.asarray(value) for key, value in kaldiio.load_scp(scp).items()}
+    try:
+        return {key: np.asarray(value) for key, value in kaldiio.load_scp(scp).items()}
+    except FileNotFoundError as error:
+        raise MissingFileError(f"Cannot read the embeddings of {scp}: {error.filename} does not exist") from None
 
 
 def utterance_names(source: str, files: list[str]) -> tuple[dict[str, str], dict[str, str] | None]:

@@ -89,10 +89,13 @@ FLAG_GROUPS = {
         ("save_path", str, "exps/exp1", "experiment folder (model/ and result/ inside)"),
     ],
     "Training and test data": [
-        ("train_list", str, "data/train_list.txt", "train list: '<speaker> <relative path>' lines"),
-        ("test_list", str, "data/veri_test.txt", "trial list(s), comma-separated: '<label> <enrol> <test>' lines"),
+        ("train_list", str, "data/train_list.txt", "train list: '<speaker> <relative path>' lines, or a Kaldi "
+                                                  "wav.scp with utt2spk beside it"),
+        ("test_list", str, "data/veri_test.txt", "trial list(s), comma-separated: '<label> <enrol> <test>' lines, "
+                                                "or Kaldi trials ('<enrol-utt> <test-utt> target|nontarget')"),
         ("train_path", str, "data/voxceleb2/dev/wav", "root of the train list's paths"),
-        ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths"),
+        ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths (for Kaldi trials: a wav.scp "
+                                                      "or the folder holding it)"),
         ("musan_path", str, "data/musan_split", "split MUSAN folder"),
         ("rir_path", str, "data/RIRS_NOISES/simulated_rirs", "simulated RIR folder"),
     ],

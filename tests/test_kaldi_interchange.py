@@ -78,6 +78,10 @@ def test_ark_scp_round_trip_is_exact(tmp_path):
     assert (tmp_path / "out" / "spk2utt").read_text().splitlines() == [
         "spk0 spk0-utt0 spk0-utt3 spk0-utt6", "spk1 spk1-utt1 spk1-utt4", "spk2 spk2-utt2 spk2-utt5"]
     assert not [name for name in os.listdir(tmp_path / "out") if name.endswith(".partial")]
+    with pytest.raises(MissingFileError, match="Cannot read the embeddings of .*none.scp"):
+        read_kaldi_embeddings(str(tmp_path / "none.scp"))
+    with pytest.raises(DataError, match="contain white space"):
+        write_kaldi_embeddings(str(tmp_path / "bad"), {"a b": np.zeros(2, dtype=np.float32)})
 
 
 @pytest.mark.parametrize("wav_scp, utt2spk, error, message", [
