@@ -127,9 +127,12 @@ class Calibration:
 
 
 def _logistic_regression(columns: np.ndarray, target: np.ndarray, prior: float) -> tuple[np.ndarray, float]:
-    """(weights, offset) minimising the prior-weighted cross-entropy of `target` given `columns` `[n, k]`."""
+    """(weights, offset) minimising the prior-weighted cross-entropy of `target` given `columns` `[n, k]`.
+
+    A column that is constant on these trials (e.g. durations when every file is equally long) gets weight 0:
+    it carries no information, and fitting it would only amplify rounding noise."""
     centre, spread = columns.mean(0), columns.std(0)
-    spread[spread == 0] = 1.0
+    spread[spread <= 1e-9 * np.maximum(1.0, np.abs(centre))] = np.inf
     standard = (columns - centre) / spread
     weights = np.where(target, prior / target.sum(), (1 - prior) / (~target).sum())
     sign = np.where(target, -1.0, 1.0)

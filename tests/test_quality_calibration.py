@@ -61,6 +61,14 @@ def test_quality_model_saves_loads_and_old_files_still_load(tmp_path):
     assert plain.quality == [] and plain.llr(np.array([1.0]))[0] == pytest.approx(fitted.llr(np.array([1.0]))[0])
 
 
+def test_a_constant_feature_gets_no_weight():
+    scores, labels, _ = duration_dependent_trials(2000, True, seed=3)
+    fitted = cal.fit_calibration(scores, labels, quality={"log_duration_min": np.full(2000, np.log(1.5))})
+    assert fitted.quality_weights[2] == 0.0
+    np.testing.assert_allclose(fitted.quality_llr(scores, {"log_duration_min": np.full(2000, 0.4)}),
+                               fitted.llr(scores), atol=1e-4)
+
+
 def test_terms_and_their_errors():
     assert quality.feature_names(quality.parse_terms("duration, norm", "none")) == [
         "log_duration_min", "log_duration_max", "norm_min", "norm_max"]
@@ -86,7 +94,8 @@ def test_eval_fits_and_applies_a_quality_calibration(speaker_net, tiny_corpus, t
     output = capsys.readouterr().out
     assert "(with quality terms)" in output and "(score only)" in output and "Quality model: llr = " in output
     result = first[tiny_corpus["test_list"]]
-    assert {"cllr", "min_cllr", "act_dcf"} <= set(result["score_only"]) and result["cllr"] >= 0
+    assert {"cllr", "min_cllr", "act_dcf"} <= set(result["score_only"])
+    assert 0 <= result["cllr"] <= result["score_only"]["cllr"]  # on the list it was fitted on: never worse
     assert len(cal.Calibration.load(fitted).quality) == 8
     again = evaluation.run_evaluation(speaker_net, make_args(tiny_corpus, tmp_path, *common, "--calibration", fitted,
                                                              score_file=str(tmp_path / "again.txt")))
