@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from audio.effects import change_speed, convolve_rir, mix_noises, spectral_masks
-from audio.file_lists import check_files_exist, read_train_list
+from audio.file_lists import check_files_exist
+from audio.kaldi_data import read_speaker_list
 from audio.reading import (  # noqa: F401 (loadWAV is part of the API)
     AudioReadError,
     LoaderStats,
@@ -126,7 +127,7 @@ class train_dataset_loader(torch.utils.data.Dataset):
         self.spec_augment = spec_augment
         self.stats = LoaderStats()
         self._epoch = multiprocessing.Value("q", 0)
-        speakers, paths = read_train_list(train_list, train_path)
+        speakers, paths = read_speaker_list(train_list, train_path)
         if check_files:  # False when the caller has already checked them
             check_files_exist(paths, train_list, "--train_path", train_path)
         self.data_list, self.data_label, self.data_speed, self.speakers = expand_speakers(

@@ -16,7 +16,10 @@ import yaml
 import arguments
 import evaluation
 from audio.file_lists import check_files_exist
+from audio.kaldi_data import is_wav_scp, read_wav_scp
+from audio.reading import AUDIO_EXTENSIONS
 from evaluation import calibration
+from evaluation.kaldi_embeddings import utterance_names, write_kaldi_embeddings
 from runtime import checkpoints
 from runtime.atomic_files import atomic_write
 from runtime.device import place_on
@@ -25,8 +28,6 @@ from runtime.plugins import declared_options
 from settings.flags import str2bool
 from settings.sections import ModelSettings
 from SpeakerNet import SpeakerNet
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
 # The settings that build and score a model: the model section, the plug-ins' own options and the crops and
 # scoring of --eval; their types and defaults come from the trainer's parser.
@@ -101,12 +102,15 @@ class SpeakerEmbedder:
         if self.calibration:
             self.calibration.check_matches(self.settings["scoring"], "none", calibration_path)
 
-    def embed_files(self, files: list[str], root: str = "", num_workers: int = 0) -> dict[str, np.ndarray]:
-        """`[crops, D]` float32 embeddings of files (paths relative to root), batched like --eval."""
+    def embed_files(self, files: list[str], root: str = "", num_workers: int = 0,
+                    length_tolerance: float = 0.0) -> dict[str, np.ndarray]:
+        """`[crops, D]` float32 embeddings of files (paths relative to root), batched like --eval; whole utterances
+        within `length_tolerance` of a batch's shortest are cut to its length (0: exactly --eval's embeddings)."""
         check_files_exist([os.path.join(root, name) for name in files], "the files to embed", "--root",
                           root or ".")
         embeddings = evaluation.extract_embeddings(self.net, files, root, self.settings["eval_frames"],
-                                                   self.settings["num_eval"], num_workers, self.device)
+                                                   self.settings["num_eval"], num_workers, self.device,
+                                                   length_tolerance=length_tolerance)
         return {name: value.numpy() for name, value in embeddings.items()}
 
     def score(self, enrol: str, test: str) -> float:
@@ -144,6 +148,8 @@ def input_files(source: str, root: str) -> tuple[list[str], str]:
         raise MissingFileError(f"{source} is neither an audio file, a folder nor a list of paths")
     if source.lower().endswith(AUDIO_EXTENSIONS):
         return [os.path.basename(source)], os.path.dirname(source)
+    if is_wav_scp(source):
+        return list(read_wav_scp(source, "source").values()), ""
     with open(source, encoding="utf-8") as handle:
         files = [line.split()[-1] for line in handle if line.strip()]
     if not files:
@@ -151,8 +157,10 @@ def input_files(source: str, root: str) -> tuple[list[str], str]:
     return files, root
 
 
-def check_output(output: str, n_files: int) -> None:
+def check_output(output: str | None, n_files: int) -> None:
     """Raise before any embedding work when the output name cannot hold this many files."""
+    if output is None:
+        return
     if not output.endswith((".npy", ".npz")):
         raise ConfigError(f"Output {output} must end in .npy (one file) or .npz (several)")
     if output.endswith(".npy") and n_files != 1:
@@ -173,6 +181,15 @@ def save_embeddings(embeddings: dict[str, np.ndarray], output: str) -> None:
             np.savez(handle, **embeddings)
 
 
+def save_kaldi_folder(folder: str, names: tuple[dict, dict | None], embeddings: dict[str, np.ndarray]) -> None:
+    """Write one unit vector per file (as --average) to a Kaldi folder, keyed by utterance id."""
+    ids, speakers = names
+    write_kaldi_embeddings(folder, {ids[name]: average_embedding(value) for name, value in embeddings.items()},
+                           speakers)
+    print(f"Saved {len(embeddings)} vectors to {folder}/embedding.ark, embedding.scp"
+          + (", utt2spk, spk2utt" if speakers else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command line: common model options, then `embed` or `verify`."""
     common = argparse.ArgumentParser(add_help=False)
@@ -188,10 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     embed = commands.add_parser("embed", parents=[common], help="embed a file, folder or list of paths")
     embed.add_argument("source", help="audio file, folder, or text file with one path a line")
-    embed.add_argument("--output", required=True, help=".npy (one file) or .npz (several)")
+    embed.add_argument("--output", help=".npy (one file) or .npz (several)")
+    embed.add_argument("--kaldi_dir", help="also (or only) write one vector per file as Kaldi embedding.ark/.scp "
+                       "keyed by utterance id, with utt2spk and spk2utt when the speakers are known")
     embed.add_argument("--root", default="", help="folder the paths of a list are relative to")
     embed.add_argument("--average", action="store_true", help="save one unit vector per file, not its crops")
-    embed.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    embed.add_argument("--workers", "--nDataLoaderThread", dest="workers", type=int, default=0,
+                       help="DataLoader workers that read the audio")
+    embed.add_argument("--length_tolerance", type=float, default=0.05, help="--eval_frames 0: whole utterances "
+                       "at most this fraction longer than a batch's shortest are cut to it (centred) and share its "
+                       "forward pass; 0: equal lengths only, exactly --eval's embeddings")
     verify = commands.add_parser("verify", parents=[common], help="score a pair of files")
     verify.add_argument("enrol")
     verify.add_argument("test")
@@ -205,17 +228,25 @@ def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     overrides = {name: getattr(args, name) for name in MODEL_SETTINGS}
     if args.command == "embed":
+        if not (args.output or args.kaldi_dir):
+            raise ConfigError("Name an --output (.npy/.npz), a --kaldi_dir, or both")
+        if args.length_tolerance < 0:
+            raise ConfigError(f"--length_tolerance is a fraction of a length (0 or more), got {args.length_tolerance}")
         files, root = input_files(args.source, args.root)
         check_output(args.output, len(files))
+        names = utterance_names(args.source, files) if args.kaldi_dir else None
     embedder = SpeakerEmbedder(args.initial_model, args.config, args.device, getattr(args, "calibration", None),
                                **overrides)
     if args.command == "embed":
-        embeddings = embedder.embed_files(files, root, args.workers)
+        embeddings = embedder.embed_files(files, root, args.workers, args.length_tolerance)
+        if args.kaldi_dir:
+            save_kaldi_folder(args.kaldi_dir, names, embeddings)
         if args.average:
             embeddings = {name: average_embedding(value) for name, value in embeddings.items()}
-        save_embeddings(embeddings, args.output)
-        shape = next(iter(embeddings.values())).shape
-        print(f"Saved {len(embeddings)} embeddings of shape {list(shape)} to {args.output}")
+        if args.output:
+            save_embeddings(embeddings, args.output)
+            shape = next(iter(embeddings.values())).shape
+            print(f"Saved {len(embeddings)} embeddings of shape {list(shape)} to {args.output}")
         return 0
     result = embedder.verify(args.enrol, args.test, args.prior)
     print(f"score {result['score']:.6f}")

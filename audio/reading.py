@@ -17,6 +17,7 @@ from runtime.errors import UserError
 
 SAMPLE_RATE = 16000
 FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".mp3")  # what a folder of audio is searched for
 _warned_resample = False
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 from scipy.optimize import minimize
@@ -67,7 +67,11 @@ def act_dcf(llrs: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float
 
 @dataclass
 class Calibration:
-    """llr = slope * score + offset, fitted on one trial list for one scoring set-up."""
+    """llr = slope * score + offset, fitted on one trial list for one scoring set-up.
+
+    With quality terms (QMF) it also holds a second model, llr = w_score * score + w_offset + sum_k w_k * q_k
+    over the named per-trial quality features q_k (`quality_weights` = [w_score, w_offset, w_1, ...]); slope and
+    offset stay the score-only fit, so readers that know no quality terms still get a valid calibration."""
 
     slope: float
     offset: float
@@ -77,10 +81,20 @@ class Calibration:
     fitted_on: str
     n_target: int
     n_nontarget: int
+    quality: list[str] = field(default_factory=list)
+    quality_weights: list[float] = field(default_factory=list)
 
     def llr(self, scores: np.ndarray) -> np.ndarray:
-        """Calibrated log-likelihood ratios of raw scores."""
+        """Calibrated log-likelihood ratios of raw scores (the score-only model)."""
         return self.slope * np.asarray(scores, dtype=np.float64) + self.offset
+
+    def quality_llr(self, scores: np.ndarray, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Log-likelihood ratios of the quality model, given each trial's features named in `quality`."""
+        weights = self.quality_weights
+        llrs = weights[0] * np.asarray(scores, dtype=np.float64) + weights[1]
+        for name, weight in zip(self.quality, weights[2:]):
+            llrs = llrs + weight * np.asarray(features[name], dtype=np.float64)
+        return llrs
 
     def save(self, path: str) -> None:
         """Write as JSON (temporary file, then rename)."""
@@ -97,11 +111,12 @@ class Calibration:
                                    "--fit_calibration") from error
         except json.JSONDecodeError as error:
             raise ConfigError(f"Calibration {path} is not valid JSON ({error})") from error
-        missing = [name for name in cls.__dataclass_fields__ if name not in content]
+        missing = [item.name for item in fields(cls) if item.name not in content and item.default is MISSING
+                   and item.default_factory is MISSING]
         if missing:
             raise ConfigError(f"Calibration {path} lacks the keys {', '.join(missing)}; write it again with "
                               "--fit_calibration")
-        return cls(**{name: content[name] for name in cls.__dataclass_fields__})
+        return cls(**{item.name: content[item.name] for item in fields(cls) if item.name in content})
 
     def check_matches(self, scoring: str, score_norm: str, path: str) -> None:
         """Raise when the scores to calibrate come from another scoring set-up than the fitted ones."""
@@ -111,26 +126,48 @@ class Calibration:
                               f"{score_norm}; fit a calibration for this set-up")
 
 
-def fit_calibration(scores: np.ndarray, labels: np.ndarray, prior: float = 0.5, scoring: str = "original",
-                    score_norm: str = "none", fitted_on: str = "") -> Calibration:
-    """Prior-weighted logistic regression of the labels on the scores; its output minus logit(prior) is an LLR."""
-    scores, target = _two_class(scores, labels, "Calibration")
-    centre, spread = float(scores.mean()), float(scores.std()) or 1.0
-    standard = (scores - centre) / spread
+def _logistic_regression(columns: np.ndarray, target: np.ndarray, prior: float) -> tuple[np.ndarray, float]:
+    """(weights, offset) minimising the prior-weighted cross-entropy of `target` given `columns` `[n, k]`.
+
+    A column that is constant on these trials (e.g. durations when every file is equally long) gets weight 0:
+    it carries no information, and fitting it would only amplify rounding noise."""
+    centre, spread = columns.mean(0), columns.std(0)
+    spread[spread <= 1e-9 * np.maximum(1.0, np.abs(centre))] = np.inf
+    standard = (columns - centre) / spread
     weights = np.where(target, prior / target.sum(), (1 - prior) / (~target).sum())
     sign = np.where(target, -1.0, 1.0)
     prior_logit = logit(prior)
 
     def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
-        margin = sign * (params[0] * standard + params[1] + prior_logit)
+        margin = sign * (standard @ params[:-1] + params[-1] + prior_logit)
         loss = float((weights * np.logaddexp(0.0, margin)).sum())
         gradient_margin = weights * expit(margin) * sign
-        return loss, np.array([(gradient_margin * standard).sum(), gradient_margin.sum()])
+        return loss, np.append(standard.T @ gradient_margin, gradient_margin.sum())
 
-    result = minimize(objective, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
-    slope = float(result.x[0] / spread)
-    return Calibration(slope, float(result.x[1] - slope * centre), prior, scoring, score_norm, fitted_on,
-                       int(target.sum()), int((~target).sum()))
+    start = np.zeros(columns.shape[1] + 1)
+    start[0] = 1.0
+    result = minimize(objective, start, jac=True, method="L-BFGS-B")
+    slopes = result.x[:-1] / spread
+    return slopes, float(result.x[-1] - slopes @ centre)
+
+
+def fit_calibration(scores: np.ndarray, labels: np.ndarray, prior: float = 0.5, scoring: str = "original",
+                    score_norm: str = "none", fitted_on: str = "",
+                    quality: dict[str, np.ndarray] | None = None) -> Calibration:
+    """Prior-weighted logistic regression of the labels on the scores; its output minus logit(prior) is an LLR.
+
+    With `quality` (feature name -> one value per trial) a quality model on the score and the features is fitted
+    too, by the same regression."""
+    scores, target = _two_class(scores, labels, "Calibration")
+    slopes, offset = _logistic_regression(scores[:, None], target, prior)
+    fitted = Calibration(float(slopes[0]), offset, prior, scoring, score_norm, fitted_on, int(target.sum()),
+                         int((~target).sum()))
+    if quality:
+        columns = np.column_stack([scores, *(np.asarray(quality[name], dtype=np.float64) for name in quality)])
+        slopes, offset = _logistic_regression(columns, target, prior)
+        fitted.quality = list(quality)
+        fitted.quality_weights = [float(slopes[0]), offset, *map(float, slopes[1:])]
+    return fitted
 
 
 def verdict(llr: float, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, bool]:

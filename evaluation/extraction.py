@@ -25,6 +25,30 @@ def _audio_length(path: str) -> int:
         return 0
 
 
+def length_groups(lengths: list[int], tolerance: float, max_files: int) -> list[list[int]]:
+    """Indices sorted by length, in groups of at most max_files whose lengths are at most (1 + tolerance) times
+    the group's shortest (tolerance 0: equal lengths)."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and len(groups[-1]) < max_files and lengths[index] <= lengths[groups[-1][0]] * (1 + tolerance):
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def _crop_to_shortest(items: list, tolerance: float) -> list:
+    """Whole utterances within `tolerance` of the batch's shortest cut to its length (centred), so they share a
+    forward pass; longer ones are left whole."""
+    shortest = min(audio.shape[-1] for audio, _ in items)
+    limit = shortest * (1 + tolerance)
+    cropped = []
+    for audio, name in items:
+        start = (audio.shape[-1] - shortest) // 2
+        cropped.append((audio[..., start:start + shortest] if audio.shape[-1] <= limit else audio, name))
+    return cropped
+
+
 def _same_shape_runs(items: list) -> list[list]:
     """Split consecutive (audio, name) items into runs of equal audio shape."""
     runs: list[list] = []
@@ -52,18 +76,23 @@ def default_files_per_batch(device: torch.device, eval_frames: int, num_eval: in
 
 def extract_embeddings(model, files: list[str], test_path: str, eval_frames: int, num_eval: int, num_workers: int,
                        device: torch.device | str, autocast_dtype: torch.dtype | None = None,
-                       files_per_batch: int = 0) -> dict[str, torch.Tensor]:
+                       files_per_batch: int = 0, length_tolerance: float = 0.0) -> dict[str, torch.Tensor]:
     """Embed every file (crops of several files per forward pass); returns CPU float32 `[n_crops, D]` per file.
 
-    files_per_batch 0 picks default_files_per_batch. The files must exist: callers check them first
-    (check_files_exist), before any other work."""
+    files_per_batch 0 picks default_files_per_batch. Whole utterances (eval_frames 0) are batched by length: equal
+    lengths share a forward pass, and with length_tolerance > 0 so do lengths within that fraction of the
+    batch's shortest, cut to it. The files must exist: callers check them first (check_files_exist)."""
     device = torch.device(device)
     files_per_batch = files_per_batch or default_files_per_batch(device, eval_frames, num_eval)
-    if eval_frames == 0:  # whole utterances: sort by length so equal lengths share a forward pass
-        files = sorted(files, key=lambda name: _audio_length(os.path.join(test_path, name)))
+    if eval_frames == 0:
+        batch_indices = length_groups([_audio_length(os.path.join(test_path, name)) for name in files],
+                                      length_tolerance, files_per_batch)
+    else:
+        batch_indices = [list(range(start, min(start + files_per_batch, len(files))))
+                         for start in range(0, len(files), files_per_batch)]
     dataset = DatasetLoader.test_dataset_loader(files, test_path, eval_frames=eval_frames, num_eval=num_eval,
                                                 check_files=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=files_per_batch, shuffle=False, num_workers=num_workers,
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_indices, num_workers=num_workers,
                                          collate_fn=_float32_items, pin_memory=device.type == "cuda",
                                          worker_init_fn=DatasetLoader.worker_init_fn,
                                          generator=torch.Generator())  # leaves the global random state alone
@@ -73,6 +102,8 @@ def extract_embeddings(model, files: list[str], test_path: str, eval_frames: int
     with torch.no_grad(), tqdm(total=len(files), unit="file", desc="Embedding", dynamic_ncols=True) as bar, \
             DatasetLoader.batches(loader) as batches:
         for items in batches:
+            if eval_frames == 0 and length_tolerance > 0:
+                items = _crop_to_shortest(items, length_tolerance)
             for run in _same_shape_runs(items):
                 audio = torch.cat([data.reshape(-1, data.shape[-1]) for data, _ in run])
                 audio = audio.to(device, non_blocking=True)

@@ -8,8 +8,8 @@ import numpy as np
 
 import tuneThreshold
 from audio.file_lists import check_files_exist as check_paths_exist
-from audio.file_lists import read_train_list
-from evaluation import calibration, plots, score_norm
+from audio.kaldi_data import read_speaker_list
+from evaluation import calibration, plots, quality, score_norm
 from evaluation.extraction import embed_paths, extract_embeddings
 from evaluation.scoring import SCORING_MODES, score_trials
 from evaluation.trials import Trials, check_files_exist, read_trials
@@ -27,7 +27,7 @@ def _cohort(settings: EvaluationSettings) -> dict[str, list[str]] | None:
     """The cohort speakers' full paths when score normalisation is on (files checked first)."""
     if settings.score_norm == "none":
         return None
-    speakers, paths = read_train_list(settings.cohort_list, settings.cohort_path)
+    speakers, paths = read_speaker_list(settings.cohort_list, settings.cohort_path)
     cohort = score_norm.select_cohort(speakers, paths, settings.cohort_size, settings.cohort_utterances)
     if settings.score_norm == "asnorm" and len(cohort) < settings.norm_topk:
         raise ConfigError(f"The cohort from {settings.cohort_list} has {len(cohort)} speakers, fewer than "
@@ -45,6 +45,9 @@ def _check_settings(settings: EvaluationSettings, first: Trials) -> None:
                           f"{settings.score_norm!r}")
     if settings.fit_calibration and settings.calibration:
         raise ConfigError("Give either --fit_calibration (fit and save) or --calibration (apply), not both")
+    if quality.parse_terms(settings.calibration_quality, settings.score_norm) and not settings.fit_calibration:
+        raise ConfigError("--calibration_quality names the quality terms of --fit_calibration; a saved "
+                          "--calibration applies the terms it was fitted with")
     if settings.fit_calibration and len(set(first.labels[first.labels >= 0].tolist())) < 2:
         raise ConfigError(f"--fit_calibration needs target (1) and non-target (0) trials in {first.path}, "
                           "the first --test_list")
@@ -59,15 +62,36 @@ def _saved_calibration(settings: EvaluationSettings) -> calibration.Calibration 
     return loaded
 
 
-def _fitted_calibration(settings: EvaluationSettings, trials: Trials, scores: np.ndarray) -> calibration.Calibration:
-    """A calibration fitted on the labelled trials of one list, saved to --fit_calibration."""
+def _fitted_calibration(settings: EvaluationSettings, trials: Trials, scores: np.ndarray,
+                        features: dict[str, np.ndarray]) -> calibration.Calibration:
+    """A calibration (with the quality features given, if any) fitted on the labelled trials of one list, saved to
+    --fit_calibration."""
     labelled = trials.labels >= 0
     fitted = calibration.fit_calibration(scores[labelled], trials.labels[labelled], settings.calibration_prior,
-                                         settings.scoring, settings.score_norm, trials.path)
+                                         settings.scoring, settings.score_norm, trials.path,
+                                         {name: values[labelled] for name, values in features.items()})
     fitted.save(settings.fit_calibration)
     print(f"Calibration fitted on {trials.path} saved to {settings.fit_calibration}: "
           f"llr = {fitted.slope:.6g} * score + {fitted.offset:.6g}")
+    if fitted.quality:
+        print("Quality model: llr = " + " + ".join(f"{weight:.6g} * {name}" for name, weight in
+                                                   zip(["score", "1", *fitted.quality], fitted.quality_weights)))
     return fitted
+
+
+def _quality_names(settings: EvaluationSettings, calibrator: calibration.Calibration | None) -> list[str]:
+    """The quality features this run fits (--calibration_quality) or applies (those of --calibration)."""
+    if settings.fit_calibration:
+        return quality.feature_names(quality.parse_terms(settings.calibration_quality, settings.score_norm))
+    return calibrator.quality if calibrator else []
+
+
+def _calibrated(calibrator: calibration.Calibration, scores: np.ndarray, features: dict[str, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(LLRs, the score-only LLRs when the calibration has quality terms, else None)."""
+    if not calibrator.quality:
+        return calibrator.llr(scores), None
+    return calibrator.quality_llr(scores, features), calibrator.llr(scores)
 
 
 def _make_output_folders(settings: EvaluationSettings) -> None:
@@ -103,7 +127,7 @@ def check_inputs(settings: EvaluationSettings | argparse.Namespace, main: bool =
     settings = as_settings(settings)
     if not settings.test_list:
         raise ConfigError("--test_list names no trial list")
-    lists = [read_trials(path) for path in settings.test_list]
+    lists = [read_trials(path, settings.test_path) for path in settings.test_list]
     _check_settings(settings, lists[0])
     files = sorted({name for trials in lists for name in trials.files})
     check_files_exist(files, settings.test_path, ", ".join(trials.path for trials in lists))
@@ -133,23 +157,29 @@ def run_evaluation(trainer_or_model, settings: EvaluationSettings | argparse.Nam
         return {}
     normalize, mode = bool(model.__L__.test_normalize), settings.scoring
     test_embeddings = {name: embeddings[os.path.join(settings.test_path, name)] for name in files}
+    mean = std = None
     if cohort:
         speakers = score_norm.speaker_means(embeddings, cohort, mode, normalize)
         mean, std = score_norm.cohort_statistics([test_embeddings[name] for name in files], speakers, mode,
                                                  normalize, settings.score_norm, settings.norm_topk)
+    names = _quality_names(settings, calibrator)
+    measures = quality.file_measures([os.path.join(settings.test_path, name) for name in files],
+                                     [test_embeddings[name] for name in files], quality.measures_of(names), mean, std)
     rows = {name: row for row, name in enumerate(files)}
     results = {}
     for position, trials in enumerate(lists):
         scores = score_trials(trials, test_embeddings, normalize, mode)
+        enrol_rows, test_rows = np.array([rows[n] for n in trials.enrol]), np.array([rows[n] for n in trials.test])
         if cohort:
-            scores = score_norm.normalize_scores(scores, np.array([rows[n] for n in trials.enrol]),
-                                                 np.array([rows[n] for n in trials.test]), mean, std)
+            scores = score_norm.normalize_scores(scores, enrol_rows, test_rows, mean, std)
+        features = quality.trial_features(measures, names, enrol_rows, test_rows)
         if position == 0 and settings.fit_calibration:
-            calibrator = _fitted_calibration(settings, trials, scores)
+            calibrator = _fitted_calibration(settings, trials, scores, features)
+        score_only = None
         if calibrator is not None:
-            scores = calibrator.llr(scores)
+            scores, score_only = _calibrated(calibrator, scores, features)
         results[trials.path] = report(trials, scores, settings, calibrated=calibrator is not None,
-                                      several=len(lists) > 1)
+                                      several=len(lists) > 1, score_only=score_only)
         if settings.score_file:
             path = score_file_for(settings.score_file, trials.path, len(lists) > 1)
             write_score_file(path, scores, trials)
@@ -158,9 +188,21 @@ def run_evaluation(trainer_or_model, settings: EvaluationSettings | argparse.Nam
     return results
 
 
+def _calibration_metrics(llrs: np.ndarray, labels: np.ndarray, priors: list[float], settings: EvaluationSettings,
+                         note: str = "") -> dict:
+    """Print and return Cllr, minCllr and actDCF at each prior of some LLRs."""
+    metrics = {"cllr": calibration.cllr(llrs, labels), "min_cllr": calibration.min_cllr(llrs, labels),
+               "act_dcf": {p: calibration.act_dcf(llrs, labels, p, settings.dcf_c_miss, settings.dcf_c_fa)
+                           for p in priors}}
+    print(f"Cllr {metrics['cllr']:.4f} minCllr {metrics['min_cllr']:.4f} "
+          + " ".join(f"actDCF {metrics['act_dcf'][p]:2.5f} (p_target {p:g})" for p in priors) + note)
+    return metrics
+
+
 def report(trials: Trials, scores: np.ndarray, settings: EvaluationSettings, calibrated: bool,
-           several: bool = False) -> dict:
-    """Print and return EER, MinDCF at --dcf_p_target and 0.01 (and Cllr, minCllr, actDCF when calibrated)."""
+           several: bool = False, score_only: np.ndarray | None = None) -> dict:
+    """Print and return EER, MinDCF at --dcf_p_target and 0.01 (and Cllr, minCllr, actDCF when calibrated;
+    with `score_only`, the LLRs of the score-only model of a quality calibration, also theirs)."""
     labelled = trials.labels >= 0
     result: dict = {"trials": len(scores), "unlabelled": int((~labelled).sum())}
     if result["unlabelled"]:
@@ -178,11 +220,10 @@ def report(trials: Trials, scores: np.ndarray, settings: EvaluationSettings, cal
                                                     for p in priors)
     print(line + (f" [{trials.path}]" if several else ""))
     if calibrated:
-        result["cllr"] = calibration.cllr(kept, labels)
-        result["min_cllr"] = calibration.min_cllr(kept, labels)
-        result["act_dcf"] = {p: calibration.act_dcf(kept, labels, p, c_miss, c_fa) for p in priors}
-        print(f"Cllr {result['cllr']:.4f} minCllr {result['min_cllr']:.4f} "
-              + " ".join(f"actDCF {result['act_dcf'][p]:2.5f} (p_target {p:g})" for p in priors))
+        result.update(_calibration_metrics(kept, labels, priors, settings,
+                                           "" if score_only is None else " (with quality terms)"))
+    if score_only is not None:
+        result["score_only"] = _calibration_metrics(score_only[labelled], labels, priors, settings, " (score only)")
     return result
 
 
@@ -191,7 +232,7 @@ def scores_of_list(model, test_list: str, test_path: str, eval_frames: int, num_
     """The original's evaluateFromList: (scores, labels, '<enrol> <test>' lines) of one trial list, each rank
     embedding its share of the files."""
     model.eval()
-    trials = read_trials(test_list)
+    trials = read_trials(test_list, test_path)
     check_files_exist(trials.files, test_path)
     share = trials.files[context.rank::context.world_size]
     embeddings = distributed.gather_dicts(extract_embeddings(model, share, test_path, eval_frames, num_eval, workers,

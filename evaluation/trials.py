@@ -9,6 +9,7 @@ import numpy as np
 
 from audio.file_lists import check_files_exist as check_paths_exist
 from audio.file_lists import read_list_lines
+from audio.kaldi_data import is_kaldi_trials, trial_rows
 from runtime.errors import DataError
 
 
@@ -23,19 +24,23 @@ class Trials:
     path: str
 
 
-def read_trials(path: str) -> Trials:
-    """Read `<label> <enrol> <test>` (or `<enrol> <test>`, unlabelled) lines; errors name the file and line."""
+def read_trials(path: str, test_path: str = "") -> Trials:
+    """Read `<label> <enrol> <test>` (or `<enrol> <test>`, unlabelled) lines; errors name the file and line.
+
+    A Kaldi trials file (`<enrol-utt> <test-utt> target|nontarget`) is read too: its utterances become the
+    paths that the wav.scp of `test_path` (the file, or the folder holding it) gives them."""
     lines = read_list_lines(path, "trial list", "--test_list")
+    if is_kaldi_trials(lines):
+        rows = trial_rows(path, lines, test_path)
+    else:
+        rows = [(number, line.split()) for number, line in enumerate(lines, start=1) if line.strip()]
     labels, enrol, test = [], [], []
     seen: dict[tuple[str, str], tuple[int, int]] = {}
     duplicates = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
+    for number, fields in rows:
         if len(fields) not in (2, 3):
             raise DataError(f"{path}, line {number}: expected '<label> <enrol> <test>' or '<enrol> <test>', "
-                            f"got {len(fields)} fields: {line.strip()!r}")
+                            f"got {len(fields)} fields: {' '.join(fields)!r}")
         if len(fields) == 3 and fields[0] not in ("0", "1"):
             raise DataError(f"{path}, line {number}: the label must be 0 (different speakers) or 1 "
                             f"(same speaker), got {fields[0]!r}")

@@ -89,10 +89,13 @@ FLAG_GROUPS = {
         ("save_path", str, "exps/exp1", "experiment folder (model/ and result/ inside)"),
     ],
     "Training and test data": [
-        ("train_list", str, "data/train_list.txt", "train list: '<speaker> <relative path>' lines"),
-        ("test_list", str, "data/veri_test.txt", "trial list(s), comma-separated: '<label> <enrol> <test>' lines"),
+        ("train_list", str, "data/train_list.txt", "train list: '<speaker> <relative path>' lines, or a Kaldi "
+                                                  "wav.scp with utt2spk beside it"),
+        ("test_list", str, "data/veri_test.txt", "trial list(s), comma-separated: '<label> <enrol> <test>' lines, "
+                                                "or Kaldi trials ('<enrol-utt> <test-utt> target|nontarget')"),
         ("train_path", str, "data/voxceleb2/dev/wav", "root of the train list's paths"),
-        ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths"),
+        ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths (for Kaldi trials: a wav.scp "
+                                                      "or the folder holding it)"),
         ("musan_path", str, "data/musan_split", "split MUSAN folder"),
         ("rir_path", str, "data/RIRS_NOISES/simulated_rirs", "simulated RIR folder"),
     ],
@@ -127,6 +130,8 @@ FLAG_GROUPS = {
         ("calibration", str, "", "apply this saved calibration: scores become log-likelihood ratios"),
         ("fit_calibration", str, "", "fit a calibration on the first --test_list and save it to this path"),
         ("calibration_prior", float, 0.5, "target prior the calibration is fitted at"),
+        ("calibration_quality", str, "", "quality terms of --fit_calibration (QMF), comma-separated: duration "
+                                         "(log durations), norm (embedding norms), cohort (score-norm statistics)"),
         ("embeddings_cache", str, "", "file of saved embeddings: reused when model and crop settings match, "
                                       "updated with new files"),
         ("eval_files_per_batch", int, 0, "test files per forward pass (0: 16 on a GPU, 16 crops' worth on a CPU)"),

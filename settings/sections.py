@@ -86,6 +86,7 @@ class EvaluationSettings:
     calibration: str
     fit_calibration: str
     calibration_prior: float
+    calibration_quality: str
     embeddings_cache: str
     eval_files_per_batch: int
     workers: int  # --nDataLoaderThread
