@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
+from audio import shard_stream
 from audio.augmentation import (  # noqa: F401 (the original's names and the augmentation's tables)
     AUGMENT_TYPES,
     NOISE_COUNT,
@@ -104,7 +105,11 @@ class train_dataset_loader(torch.utils.data.Dataset):
 
 
 def training_data(data, rank: int = 0, world_size: int = 1, check_files: bool = False):
-    """(dataset, sampler) of the data settings for one process of `world_size` (files checked when asked)."""
+    """(dataset, sampler) of the data settings for one process of `world_size` (files checked when asked); a
+    --train_shards stream is both."""
+    if data.train_shards:
+        stream = shard_stream.ShardStream(**asdict(data), rank=rank, world_size=world_size)
+        return stream, stream
     settings = {**asdict(data), "check_files": check_files}
     dataset = train_dataset_loader(**settings)
     sampler = train_dataset_sampler(dataset, **{**settings, "distributed": world_size > 1, "rank": rank,
@@ -114,6 +119,8 @@ def training_data(data, rank: int = 0, world_size: int = 1, check_files: bool = 
 
 def steps_per_epoch(sampler: train_dataset_sampler, data) -> int:
     """Batches of one process in the first epoch (later epochs differ by a few): what per-step schedules count."""
+    if isinstance(sampler, shard_stream.ShardStream):
+        return sampler.steps
     sampler.set_epoch(1)
     return len(sampler) // data.batch_size
 
@@ -123,6 +130,8 @@ def check_training_data(data, world_size: int) -> int:
     if data.max_seg_per_spk < data.nPerSpeaker:
         raise DataError(f"--max_seg_per_spk {data.max_seg_per_spk} is below --nPerSpeaker {data.nPerSpeaker}: "
                         "no speaker can fill a batch item")
+    if data.train_shards:
+        return shard_stream.check_stream(data, world_size)
     dataset, sampler = training_data(replace(data, augment=False), world_size=world_size, check_files=True)
     usable = sum(len(items) >= data.nPerSpeaker for items in dataset.speaker_items.values())
     if usable < data.batch_size:
@@ -268,6 +277,9 @@ def epoch_loader(dataset, sampler, data, skip_steps: int = 0) -> torch.utils.dat
 
     It gets its own generator: creating its iterator would otherwise draw from torch's global generator, and a
     resumed epoch (one iterator more) would continue with other random numbers than an uninterrupted one."""
+    if isinstance(dataset, shard_stream.ShardStream):  # it makes whole batches itself
+        return torch.utils.data.DataLoader(dataset.resumed(skip_steps), batch_size=None, worker_init_fn=worker_init_fn,
+                                           num_workers=data.nDataLoaderThread, generator=torch.Generator())
     if skip_steps:
         sampler = ResumedSampler(sampler, skip_steps * data.batch_size)
     return torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, num_workers=data.nDataLoaderThread,

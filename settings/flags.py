@@ -92,6 +92,8 @@ FLAG_GROUPS = {
         ("train_list", str, "data/train_list.txt", "train list: '<speaker> <relative path>' lines"),
         ("test_list", str, "data/veri_test.txt", "trial list(s), comma-separated: '<label> <enrol> <test>' lines"),
         ("train_path", str, "data/voxceleb2/dev/wav", "root of the train list's paths"),
+        ("train_shards", str, "", "train from tar shards: the shards.list of dataprep.py --make_shards "
+                                  "(instead of --train_list and --train_path)"),
         ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths"),
         ("musan_path", str, "data/musan_split", "split MUSAN folder"),
         ("rir_path", str, "data/RIRS_NOISES/simulated_rirs", "simulated RIR folder"),
