@@ -3,9 +3,10 @@ all-reduce time of a gradient-sized tensor.
 
 Each run is the real CLI (`trainSpeakerNet.py --train_shards ...`, 1 epoch, no evaluation); its data-wait share
 and samples/s come from result/timing.jsonl (rank 0; the job's samples/s is that times the processes, as every
-rank does the same number of steps). `--batch_size` is per process, as in training. The all-reduce is timed
-apart, with torch.distributed on a float32 tensor of the model's parameter count (what DDP reduces per step,
-without the overlap with the backward pass DDP gets). Writes benchmarks/results/scaling.json.
+rank does the same number of steps). `--batch_size` is per process, as in training; the 1-process run has
+`--threads` torch threads, each of the 2 processes cores / 2. The all-reduce is timed apart, with
+torch.distributed on a float32 tensor of the model's parameter count (what DDP reduces per step, without the
+overlap with the backward pass DDP gets). Writes benchmarks/results/scaling.json.
 """
 import argparse
 import json
@@ -61,7 +62,8 @@ def train(root: Path, processes: int, options: argparse.Namespace) -> dict:
     if processes > 1:
         command += ["--distributed", "--nproc", str(processes), "--port", free_port()]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True)
+    environment = dict(os.environ, OMP_NUM_THREADS=str(options.threads))
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, env=environment)
     if result.returncode != 0:
         raise SystemExit(f"training with {processes} process(es) failed:\n{result.stderr[-3000:]}")
     timing = json.loads((save_path / "result" / "timing.jsonl").read_text().splitlines()[-1])
@@ -106,6 +108,8 @@ def main() -> None:
     parser.add_argument("--max_frames", type=int, default=100)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per process (0: in the training "
                         "process; on 2 cores a worker per process oversubscribes them)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the 1-process run (a --distributed "
+                        "run gives each process cores / processes)")
     options = parser.parse_args()
     parameters = sum(p.numel() for p in SpeakerNet(model="ResNetSE34L", trainfunc="angleproto", nOut=NOUT, n_mels=40,
                                                    log_input=True, encoder_type="SAP").parameters())
