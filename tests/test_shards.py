@@ -159,6 +159,40 @@ def test_resumed_epoch_continues_at_the_same_batch(shards, workers):
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[skip:], rest))
 
 
+def test_speed_perturb_and_spec_augment_use_the_file_list_rules(shards):
+    plain, masked = epoch_batches(stream(shards)), epoch_batches(stream(shards, spec_augment=True))
+    assert [labels.tolist() for _, labels in plain] == [labels.tolist() for _, labels in masked]
+    assert all(not torch.equal(a, b) and a.shape == b.shape for (a, _), (b, _) in zip(plain, masked))
+    speeds = stream(shards, speed_perturb=True)
+    assert speeds.steps == 3 * 4 and speeds.speakers[6] == "id00000@0.9" and len(speeds.speakers) == 18
+    speeds.set_epoch(1)
+    for plan in itertools.islice(speeds.plans(0), speeds.steps):
+        for label, group in plan:
+            assert {speed for _, speed in group} == {(1.0, 0.9, 1.1)[label // 6]}
+            assert {str(audio).split(":")[-1].split("/")[0] for audio, _ in group} == {speeds.speakers[label % 6]}
+
+
+def test_unreadable_member_is_named_or_replaced_with_skip_bad_audio(tiny_corpus, tmp_path):
+    broken = tmp_path / "list.txt"
+    entries = sorted(list_entries(tiny_corpus).items())
+    (tmp_path / "wav").symlink_to(tiny_corpus["train_path"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "noise.wav").write_bytes(b"RIFF not really a wav file")
+    broken.write_text("".join(f"{speaker} wav/{path}\n" for path, speaker in entries) + "id00000 bad/noise.wav\n")
+    make_shards(str(broken), str(tmp_path), tmp_path / "out", 10.0, 3, True)
+    strict = stream(tmp_path / "out" / "shards.list", batch_size=1, nPerSpeaker=1)  # every utterance once
+    with pytest.raises(DatasetLoader.AudioReadError, match="shard_000000.tar:bad/noise.wav: cannot read audio.*"
+                                                           "pass --skip_bad_audio"):
+        epoch_batches(strict)
+    tolerant = stream(tmp_path / "out" / "shards.list", skip_bad_audio=True)
+    members = {key: audio for key, _, audio in read_shard(tolerant.shards.paths[0])}
+    group = [(members["bad/noise"], 1.0), (members[f"wav/{entries[0][0][:-4]}"], 1.0)]
+    with pytest.warns(UserWarning, match="skipping unreadable training utterance"):
+        crop = tolerant.read_crop(group, 0, np.random.default_rng(0))
+    assert crop.shape == (1, 20 * 160 + 240) and tolerant.stats.skipped == 1
+    assert np.array_equal(crop, tolerant.crops.crop(group[1][0], 1.0, np.random.default_rng(0).random(2)[1]))
+
+
 def test_train_shards_from_yaml_and_flag(shards, tmp_path):
     config = tmp_path / "shards.yaml"
     config.write_text(yaml.safe_dump({"train_shards": str(shards)}))
