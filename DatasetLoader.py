@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import collections
-import functools
-import glob
 import itertools
-import math
 import multiprocessing
 import os
 import random
@@ -15,104 +12,30 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from audio.effects import change_speed, convolve_rir, mix_noises, spectral_masks
+from audio import shard_stream
+from audio.augmentation import (  # noqa: F401 (the original's names and the augmentation's tables)
+    AUGMENT_TYPES,
+    NOISE_COUNT,
+    NOISE_SNR,
+    AugmentWAV,
+    draw_augment_type,
+    draw_noises,
+    musan_index,
+    rir_index,
+)
+from audio.effects import convolve_rir, mix_noises  # noqa: F401 (the original's module held them)
 from audio.file_lists import check_files_exist
 from audio.kaldi_data import read_speaker_list
 from audio.reading import (  # noqa: F401 (loadWAV is part of the API)
     AudioReadError,
     LoaderStats,
-    crop_length,
     load_crops,
     loadWAV,
 )
+from audio.training_crops import SPEED_FACTORS, TrainingCrops, expand_speakers, item_rng
 from runtime import distributed
-from runtime.errors import DataError, MissingFileError
+from runtime.errors import DataError
 from runtime.loader_workers import batches, ignore_stop_signals  # noqa: F401 (batches: loops over loaders use it)
-
-# dB ranges of the signal-to-noise ratio, drawn uniformly per noise file.
-NOISE_SNR = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}
-# How many MUSAN files are mixed in (inclusive range).
-NOISE_COUNT = {"noise": (1, 1), "speech": (3, 7), "music": (1, 1)}
-# --speed_perturb: each training speaker also at these speeds, each a speaker (class) of its own.
-SPEED_FACTORS = (1.0, 0.9, 1.1)
-# augtype drawn per utterance: 0 none, 1 reverb, then one MUSAN category each.
-AUGMENT_TYPES = ("none", "reverb", "music", "speech", "noise")
-
-PREPARE_HINT = ("run `python dataprep.py --save_path data --augment` to download and split MUSAN and the "
-                "RIRs, or point --musan_path / --rir_path at existing folders")
-
-
-@functools.lru_cache(maxsize=None)
-def musan_index(musan_path: str) -> dict[str, tuple[str, ...]]:
-    """Split MUSAN files per category (`<category>/<subset>/<stem>/<NNNNN>.wav`), built once per process."""
-    files = sorted(glob.glob(os.path.join(musan_path, "*", "*", "*", "*.wav")))
-    index = {category: [] for category in NOISE_SNR}
-    for path in files:
-        category = path.split(os.sep)[-4]
-        if category in index:
-            index[category].append(path)
-    empty = [category for category, paths in index.items() if not paths]
-    if empty:
-        raise MissingFileError(
-            f"--augment needs split MUSAN files in {musan_path}/<category>/<subset>/<stem>/<NNNNN>.wav, "
-            f"but found none for {', '.join(empty)}: {PREPARE_HINT}")
-    return {category: tuple(paths) for category, paths in index.items()}
-
-
-@functools.lru_cache(maxsize=None)
-def rir_index(rir_path: str) -> tuple[str, ...]:
-    """Simulated RIR files (`<room_type>/<Room>/<file>.wav`), built once per process."""
-    files = tuple(sorted(glob.glob(os.path.join(rir_path, "*", "*", "*.wav"))))
-    if not files:
-        raise MissingFileError(
-            f"--augment needs room impulse responses in {rir_path}/<room_type>/<Room>/<file>.wav, "
-            f"but found none: {PREPARE_HINT}")
-    return files
-
-
-def draw_noises(files: tuple[str, ...], category: str, rng: np.random.Generator) -> list[tuple[str, float]]:
-    """Pick distinct MUSAN files of one category and an SNR for each."""
-    low, high = NOISE_COUNT[category]
-    count = min(int(rng.integers(low, high + 1)), len(files))
-    picks = rng.choice(len(files), size=count, replace=False)
-    return [(files[i], float(rng.uniform(*NOISE_SNR[category]))) for i in picks]
-
-
-def draw_augment_type(rng: np.random.Generator) -> str:
-    """One of AUGMENT_TYPES, each with probability 1/5, drawn per utterance."""
-    return AUGMENT_TYPES[int(rng.integers(len(AUGMENT_TYPES)))]
-
-
-class AugmentWAV:
-    """MUSAN noise / babble / music and RIR reverberation of `[1, max_audio]` crops."""
-
-    def __init__(self, musan_path: str, rir_path: str, max_frames: int, stats: LoaderStats | None = None):
-        self.max_frames = max_frames
-        self.noise_files = musan_index(os.path.normpath(musan_path))
-        self.rir_files = rir_index(os.path.normpath(rir_path))
-        self.stats = stats
-
-    def additive_noise(self, noisecat: str, audio: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Mix 1 (noise, music) or 3-7 (speech) MUSAN crops into the audio at random SNRs."""
-        rng = np.random.default_rng() if rng is None else rng
-        draws = draw_noises(self.noise_files[noisecat], noisecat, rng)
-        noises = [load_crops(path, self.max_frames, False, 1, rng.random(), self.stats) for path, _ in draws]
-        return mix_noises(audio, noises, [snr for _, snr in draws])
-
-    def reverberate(self, audio: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Convolve the audio with a random unit-energy RIR."""
-        rng = np.random.default_rng() if rng is None else rng
-        path = self.rir_files[int(rng.integers(len(self.rir_files)))]
-        return convolve_rir(audio, load_crops(path, 0, True, 1, stats=self.stats)[0])
-
-    def augment(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One of none / reverb / music / speech / noise, each with probability 1/5."""
-        kind = draw_augment_type(rng)
-        if kind == "none":
-            return audio
-        if kind == "reverb":
-            return self.reverberate(audio, rng)
-        return self.additive_noise(kind, audio, rng)
 
 
 class train_dataset_loader(torch.utils.data.Dataset):
@@ -137,6 +60,7 @@ class train_dataset_loader(torch.utils.data.Dataset):
             self.speaker_items[label].append(index)
         self._report_small_speakers(train_list, nPerSpeaker)
         self.augmenter = AugmentWAV(musan_path, rir_path, max_frames, self.stats) if augment else None
+        self.crops = TrainingCrops(max_frames, self.augmenter, spec_augment, self.stats)
 
     def _report_small_speakers(self, train_list: str, n_per_speaker: int) -> None:
         small = [self.speakers[label] for label, items in self.speaker_items.items() if len(items) < n_per_speaker]
@@ -158,30 +82,15 @@ class train_dataset_loader(torch.utils.data.Dataset):
         return len(self.data_list)
 
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, int]:
-        rng = np.random.default_rng([self.seed % 2 ** 63, self.epoch, indices[0]])
-        crops = []
-        for index in indices:
-            audio = self._read_crop(index, rng)
-            if self.augmenter is not None:
-                audio = self.augmenter.augment(audio, rng)
-            crops.append(spectral_masks(audio, rng) if self.spec_augment else audio)
+        rng = item_rng(self.seed, self.epoch, indices[0])
+        crops = [self.crops.finish(self._read_crop(index, rng), rng) for index in indices]
         return torch.from_numpy(np.concatenate(crops, axis=0)), self.data_label[indices[-1]]
-
-    def _crop_at_speed(self, index: int, draw: float) -> np.ndarray:
-        """One training crop of the item's file, at the item's speed (reading about speed x the crop's length)."""
-        speed = self.data_speed[index]
-        if speed == 1.0:
-            return load_crops(self.data_list[index], self.max_frames, False, 1, draw, self.stats)
-        length = crop_length(self.max_frames)
-        source_frames = math.ceil((length * speed - crop_length(0)) / 160) + 1
-        return change_speed(load_crops(self.data_list[index], source_frames, False, 1, draw, self.stats), speed,
-                            length)
 
     def _read_crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
         tried = set()
         while True:
             try:
-                return self._crop_at_speed(index, rng.random())
+                return self.crops.crop(self.data_list[index], self.data_speed[index], rng.random())
             except AudioReadError as error:
                 if not self.skip_bad_audio:
                     raise AudioReadError(f"{error}. Remove it from the list, or pass --skip_bad_audio to replace "
@@ -196,21 +105,12 @@ class train_dataset_loader(torch.utils.data.Dataset):
                 index = others[int(rng.integers(len(others)))]
 
 
-def expand_speakers(paths: list[str], speakers: list[str], speeds: tuple[float, ...]
-                    ) -> tuple[list[str], list[int], list[float], list[str]]:
-    """(paths, labels, speeds, speaker names) with every speaker once per speed: at speed k a speaker is a new
-    class, label + k * speakers, named '<speaker>@<speed>' (speed 1 keeps the name and the original's labels)."""
-    names = sorted(set(speakers))
-    label_of = {speaker: label for label, speaker in enumerate(names)}
-    labels = [label_of[speaker] for speaker in speakers]
-    expanded_names = [name if speed == 1.0 else f"{name}@{speed:g}" for speed in speeds for name in names]
-    return ([path for _ in speeds for path in paths],
-            [label + k * len(names) for k in range(len(speeds)) for label in labels],
-            [speed for speed in speeds for _ in paths], expanded_names)
-
-
 def training_data(data, rank: int = 0, world_size: int = 1, check_files: bool = False):
-    """(dataset, sampler) of the data settings for one process of `world_size` (files checked when asked)."""
+    """(dataset, sampler) of the data settings for one process of `world_size` (files checked when asked); a
+    --train_shards stream is both."""
+    if data.train_shards:
+        stream = shard_stream.ShardStream(**asdict(data), rank=rank, world_size=world_size)
+        return stream, stream
     settings = {**asdict(data), "check_files": check_files}
     dataset = train_dataset_loader(**settings)
     sampler = train_dataset_sampler(dataset, **{**settings, "distributed": world_size > 1, "rank": rank,
@@ -220,6 +120,8 @@ def training_data(data, rank: int = 0, world_size: int = 1, check_files: bool = 
 
 def steps_per_epoch(sampler: train_dataset_sampler, data) -> int:
     """Batches of one process in the first epoch (later epochs differ by a few): what per-step schedules count."""
+    if isinstance(sampler, shard_stream.ShardStream):
+        return sampler.steps
     sampler.set_epoch(1)
     return len(sampler) // data.batch_size
 
@@ -229,6 +131,8 @@ def check_training_data(data, world_size: int) -> int:
     if data.max_seg_per_spk < data.nPerSpeaker:
         raise DataError(f"--max_seg_per_spk {data.max_seg_per_spk} is below --nPerSpeaker {data.nPerSpeaker}: "
                         "no speaker can fill a batch item")
+    if data.train_shards:
+        return shard_stream.check_stream(data, world_size)
     dataset, sampler = training_data(replace(data, augment=False), world_size=world_size, check_files=True)
     usable = sum(len(items) >= data.nPerSpeaker for items in dataset.speaker_items.values())
     if usable < data.batch_size:
@@ -374,6 +278,9 @@ def epoch_loader(dataset, sampler, data, skip_steps: int = 0) -> torch.utils.dat
 
     It gets its own generator: creating its iterator would otherwise draw from torch's global generator, and a
     resumed epoch (one iterator more) would continue with other random numbers than an uninterrupted one."""
+    if isinstance(dataset, shard_stream.ShardStream):  # it makes whole batches itself
+        return torch.utils.data.DataLoader(dataset.resumed(skip_steps), batch_size=None, worker_init_fn=worker_init_fn,
+                                           num_workers=data.nDataLoaderThread, generator=torch.Generator())
     if skip_steps:
         sampler = ResumedSampler(sampler, skip_steps * data.batch_size)
     return torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, num_workers=data.nDataLoaderThread,

@@ -4,6 +4,8 @@
     python dataprep.py --save_path data --download --key KEY                      # current mirror
     python dataprep.py --save_path data --extract --convert --augment --make_train_list
     python dataprep.py --save_path data/demo --demo                               # offline demo corpus
+    python dataprep.py --save_path data/shards --make_shards --train_list data/train_list.txt \
+        --train_path data/voxceleb2/dev/wav                                       # tar shards to train from
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from preparation.archives import DataprepError
 from preparation.demo_corpus import DemoSpec, make_demo_corpus
 from preparation.noise_data import OPENSLR_URL, augment, split_musan  # noqa: F401 (split_musan: part of the API)
+from preparation.shards import make_shards
 from preparation.voxceleb import (  # noqa: F401
     CLASSIC_URL,
     KEY_URL,
@@ -48,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     steps.add_argument("--convert", action="store_true", help="convert VoxCeleb2 m4a to 16 kHz wav with ffmpeg")
     steps.add_argument("--augment", action="store_true", help="download and prepare MUSAN and the simulated RIRs")
     steps.add_argument("--make_train_list", action="store_true", help="write the train list from --wav_path")
+    steps.add_argument("--make_shards", action="store_true", help="write tar shards of --train_list (files under "
+                       "--train_path) to --save_path, with shards.list to pass to trainSpeakerNet.py --train_shards")
     steps.add_argument("--check_trials", type=Path, default=None, help="report files of this trial list missing "
                        "under --test_path")
     access = parser.add_argument_group("download")
@@ -66,10 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     other.add_argument("--wav_path", type=Path, default=None, help="train wav root for --make_train_list "
                        "(default <save_path>/voxceleb2/dev/wav)")
     other.add_argument("--train_list", type=Path, default=None, help="train list to write "
-                       "(default <save_path>/train_list.txt)")
+                       "(default <save_path>/train_list.txt), or to read with --make_shards")
+    other.add_argument("--train_path", type=Path, default=None, help="--make_shards: root of the train list's paths")
+    other.add_argument("--shard_size_mb", type=float, default=256.0, help="--make_shards: audio per shard in MB")
     other.add_argument("--test_path", type=Path, default=None, help="root of the trial list's files "
                        "(default <save_path>/voxceleb1/test/wav)")
-    other.add_argument("--seed", type=int, default=0, help="demo corpus seed")
+    other.add_argument("--seed", type=int, default=0, help="seed of the demo corpus and of the --make_shards shuffle")
     other.add_argument("--demo_train_speakers", type=int, default=DemoSpec.train_speakers)
     other.add_argument("--demo_test_speakers", type=int, default=DemoSpec.test_speakers)
     other.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -77,9 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "line (also SPEAKERNET_DEBUG=1)")
     args = parser.parse_args(argv)
     if not (args.demo or args.download or args.concatenate or args.extract or args.convert or args.augment
-            or args.make_train_list or args.check_trials):
+            or args.make_train_list or args.make_shards or args.check_trials):
         parser.error("choose at least one step: --demo, --download, --concatenate, --extract, --convert, "
-                     "--augment, --make_train_list or --check_trials LIST")
+                     "--augment, --make_train_list, --make_shards or --check_trials LIST")
+    if args.make_shards and (args.train_list is None or args.train_path is None):
+        parser.error("--make_shards needs --train_list and --train_path")
     return args
 
 
@@ -100,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         list_path = args.train_list or args.save_path / "train_list.txt"
         count = write_train_list(args.wav_path or args.save_path / "voxceleb2" / "dev" / "wav", list_path)
         print(f"Wrote {list_path}: {count} utterances")
+    if args.make_shards:
+        written, skipped = make_shards(args.train_list, args.train_path, args.save_path, args.shard_size_mb,
+                                       args.seed, args.quiet)
+        print(f"Wrote {written} shard(s) to {args.save_path} ({skipped} already complete); train with "
+              f"--train_shards {args.save_path / 'shards.list'}")
     if args.check_trials:
         test_path = args.test_path or args.save_path / "voxceleb1" / "test" / "wav"
         total, missing = check_trials(args.check_trials, test_path)

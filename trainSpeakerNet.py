@@ -234,7 +234,8 @@ def check_inputs(settings: Settings, main: bool = True) -> None:
     loss = load_plugin("loss", model.trainfunc)
     check_per_speaker(model.trainfunc, loss, model.nPerSpeaker)
     speakers = DatasetLoader.check_training_data(settings.data, distributed.planned_world_size(run))
-    check_classes(model.trainfunc, loss, model.nClasses, speakers, settings.data.train_list)
+    check_classes(model.trainfunc, loss, model.nClasses, speakers,
+                  settings.data.train_shards or settings.data.train_list)
     if settings.data.augment:
         DatasetLoader.check_augmentation_data(settings.data.musan_path, settings.data.rir_path)
     during_training = replace(settings.evaluation, test_list=settings.evaluation.test_list[:1], score_file="",

@@ -1,5 +1,6 @@
 """Reading audio files as 16 kHz mono float32 crops: wav, flac and other soundfile formats, m4a/aac via ffmpeg."""
 
+import io
 import math
 import multiprocessing
 import os
@@ -8,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile
@@ -38,6 +40,17 @@ def eval_starts(length: int, max_audio: int, num_eval: int) -> list[int]:
 def train_start(length: int, max_audio: int, draw: float) -> int:
     """Training crop offset for a uniform draw in [0, 1)."""
     return int(draw * (length - max_audio))
+
+
+@dataclass(frozen=True)
+class AudioBytes:
+    """An encoded audio file held in memory (e.g. a member of a tar shard), named for error messages."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class LoaderStats:
@@ -191,20 +204,23 @@ def _decode_with_ffmpeg(path: str) -> np.ndarray:
     return np.frombuffer(result.stdout, dtype="<f4")
 
 
-def _open_source(path: str, stats: LoaderStats | None):
+def _open_source(path: str | AudioBytes, stats: LoaderStats | None):
     """A source for `path`: a seekable file at 16 kHz, otherwise the decoded (resampled) signal."""
-    if path.lower().endswith(FFMPEG_SUFFIXES):
+    if isinstance(path, AudioBytes):
+        handle = soundfile.SoundFile(io.BytesIO(path.data))
+    elif path.lower().endswith(FFMPEG_SUFFIXES):
         return _ArraySource(_decode_with_ffmpeg(path))
-    wav = _plain_wav(path)
-    if wav is not None:
-        return wav
-    handle = soundfile.SoundFile(path)
+    else:
+        wav = _plain_wav(path)
+        if wav is not None:
+            return wav
+        handle = soundfile.SoundFile(path)
     if handle.samplerate == SAMPLE_RATE and handle.seekable():
         return _SoundFileSource(handle)
     with handle:
         samples = _to_mono(handle.read(dtype="float32", always_2d=True))
     if handle.samplerate != SAMPLE_RATE:
-        samples = _resample(samples, handle.samplerate, path, stats)
+        samples = _resample(samples, handle.samplerate, str(path), stats)
     return _ArraySource(samples)
 
 
@@ -224,8 +240,8 @@ def _cut_crops(source, max_frames: int, evalmode: bool, num_eval: int, draw: flo
     return np.stack([span[start - starts[0]:start - starts[0] + max_audio] for start in starts])
 
 
-def load_crops(path: str, max_frames: int, evalmode: bool = True, num_eval: int = 10, draw: float | None = None,
-               stats: LoaderStats | None = None) -> np.ndarray:
+def load_crops(path: str | AudioBytes, max_frames: int, evalmode: bool = True, num_eval: int = 10,
+               draw: float | None = None, stats: LoaderStats | None = None) -> np.ndarray:
     """Crops `[n_crops, max_frames*160+240]` float32 of a 16 kHz mono version of `path`."""
     try:
         source = _open_source(path, stats)

@@ -94,6 +94,8 @@ FLAG_GROUPS = {
         ("test_list", str, "data/veri_test.txt", "trial list(s), comma-separated: '<label> <enrol> <test>' lines, "
                                                 "or Kaldi trials ('<enrol-utt> <test-utt> target|nontarget')"),
         ("train_path", str, "data/voxceleb2/dev/wav", "root of the train list's paths"),
+        ("train_shards", str, "", "train from tar shards: the shards.list of dataprep.py --make_shards "
+                                  "(instead of --train_list and --train_path)"),
         ("test_path", str, "data/voxceleb1/test/wav", "root of the trial list's paths (for Kaldi trials: a wav.scp "
                                                       "or the folder holding it)"),
         ("musan_path", str, "data/musan_split", "split MUSAN folder"),

@@ -12,10 +12,11 @@ from settings.flags import flag_defaults
 
 @dataclass(frozen=True)
 class DataSettings:
-    """The training data pipeline: list, crops, speaker-balanced batches, augmentation, loader workers."""
+    """The training data pipeline: list or shards, crops, speaker-balanced batches, augmentation, loader workers."""
 
     train_list: str
     train_path: str
+    train_shards: str  # when given, the data comes from these shards, not from train_list / train_path
     max_frames: int
     batch_size: int
     nPerSpeaker: int
