@@ -147,9 +147,9 @@ class _WavSource:
 _PLAIN_WAV_TYPES = {(1, 16): "<i2", (3, 32): "<f4"}
 
 
-def _plain_wav(path: str) -> _WavSource | None:
-    """A _WavSource when `path` is a 16 kHz PCM-16 / float32 WAV whose data starts in the first 4 KiB."""
-    handle = open(path, "rb", buffering=0)
+def _plain_wav(handle) -> _WavSource | None:
+    """A _WavSource of a binary handle (at its start) holding a 16 kHz PCM-16 / float32 WAV whose data starts in
+    the first 4 KiB; otherwise None, and the handle is closed."""
     header = handle.read(4096)
     position, layout = 12, None
     while header[:4] == b"RIFF" and header[8:12] == b"WAVE" and position + 8 <= len(header):
@@ -164,7 +164,7 @@ def _plain_wav(path: str) -> _WavSource | None:
                 layout = (channels, dtype, block_align)
         elif chunk == b"data" and layout is not None:
             channels, dtype, block_align = layout
-            available = (os.fstat(handle.fileno()).st_size - body) // block_align
+            available = (handle.seek(0, io.SEEK_END) - body) // block_align
             frames = available if size in (0, 0xFFFFFFFF) else min(size // block_align, available)
             return _WavSource(handle, body, frames, channels, dtype)
         position = body + size + (size & 1)
@@ -206,15 +206,13 @@ def _decode_with_ffmpeg(path: str) -> np.ndarray:
 
 def _open_source(path: str | AudioBytes, stats: LoaderStats | None):
     """A source for `path`: a seekable file at 16 kHz, otherwise the decoded (resampled) signal."""
-    if isinstance(path, AudioBytes):
-        handle = soundfile.SoundFile(io.BytesIO(path.data))
-    elif path.lower().endswith(FFMPEG_SUFFIXES):
+    if not isinstance(path, AudioBytes) and path.lower().endswith(FFMPEG_SUFFIXES):
         return _ArraySource(_decode_with_ffmpeg(path))
-    else:
-        wav = _plain_wav(path)
-        if wav is not None:
-            return wav
-        handle = soundfile.SoundFile(path)
+    in_memory = isinstance(path, AudioBytes)
+    wav = _plain_wav(io.BytesIO(path.data) if in_memory else open(path, "rb", buffering=0))
+    if wav is not None:
+        return wav
+    handle = soundfile.SoundFile(io.BytesIO(path.data) if in_memory else path)
     if handle.samplerate == SAMPLE_RATE and handle.seekable():
         return _SoundFileSource(handle)
     with handle:

@@ -44,17 +44,77 @@ def read_shard(path: str) -> Iterator[tuple[str, str, AudioBytes]]:
     """(key, speaker, audio) of each utterance of a shard, in the shard's order, reading it front to back."""
     key, parts = None, {}
     try:
-        with tarfile.open(path, "r|") as archive:
-            for member in archive:
-                stem, suffix = os.path.splitext(member.name)
+        with open(path, "rb") as handle:
+            for name, content in tar_members(handle):
+                stem, suffix = os.path.splitext(name)
                 if stem != key and parts:
                     yield utterance(path, key, parts)
                     parts = {}
-                key, parts[suffix] = stem, archive.extractfile(member).read()
+                key, parts[suffix] = stem, content
         if parts:
             yield utterance(path, key, parts)
     except (tarfile.TarError, OSError) as error:
         raise DataError(f"Cannot read shard {path}: {error}; write it again with dataprep.py --make_shards") from None
+
+
+BLOCK = 512  # tar's header and padding unit
+
+
+def tar_members(handle) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of the regular files of a tar stream, front to back. The headers are parsed here because
+    Python's tarfile spent most of a shard's reading time on them; long names (pax `path` records, GNU `L`
+    members) are followed, other kinds of member skipped, and every header's checksum is verified."""
+    long_name = None
+    while True:
+        header = handle.read(BLOCK)
+        if not header.strip(b"\0"):
+            return  # the end-of-archive blocks (or the end of the file)
+        if len(header) < BLOCK or _checksum(header) != _octal(header[148:156]):
+            raise tarfile.ReadError("invalid or truncated member header")
+        size = _octal(header[124:136])
+        content = handle.read(size)
+        handle.read(-size % BLOCK)
+        if len(content) < size:
+            raise tarfile.ReadError("unexpected end of data")
+        kind = header[156:157]
+        if kind == b"x":
+            long_name = _pax_path(content) or long_name
+        elif kind == b"L":
+            long_name = content.rstrip(b"\0").decode("utf-8")
+        else:
+            if kind in (b"0", b"\0", b"7"):
+                yield long_name or _ustar_name(header), content
+            long_name = None
+
+
+def _octal(field: bytes) -> int:
+    try:
+        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        raise tarfile.ReadError("invalid number in a member header") from None
+
+
+def _checksum(header: bytes) -> int:
+    """The header's byte sum with its own checksum field counted as spaces."""
+    return sum(header) - sum(header[148:156]) + 8 * ord(" ")
+
+
+def _ustar_name(header: bytes) -> str:
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+    prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8") if header[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _pax_path(records: bytes) -> str | None:
+    """The `path` of a pax extended header ("<length> <key>=<value>\\n" records), if it has one."""
+    position = 0
+    while position < len(records):
+        length = int(records[position:records.index(b" ", position)])
+        key, _, value = records[records.index(b" ", position) + 1:position + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8")
+        position += length
+    return None
 
 
 def utterance(path: str, key: str, parts: dict[str, bytes]) -> tuple[str, str, AudioBytes]:

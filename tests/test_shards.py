@@ -1,6 +1,7 @@
 """Tar shards: writing (round trip, resume, bad input), the streaming reader (balance, partitions,
 reproducibility, resume position) and training from shards in one and two processes."""
 import collections
+import io
 import itertools
 import json
 import os
@@ -20,7 +21,7 @@ from test_train_cli import epoch_log, run_cli, small_run
 import arguments
 import dataprep
 import DatasetLoader
-from audio.shard_files import open_shards, read_shard
+from audio.shard_files import open_shards, read_shard, tar_members
 from audio.shard_stream import ShardStream, speaker_balanced_batches
 from preparation.shards import make_shards
 from runtime.errors import DataError, MissingFileError
@@ -72,6 +73,41 @@ def test_round_trip_keeps_audio_bytes_speakers_and_counts(tiny_corpus, shards):
     with tarfile.open(open_shards(str(shards)).paths[0]) as archive:
         names = archive.getnames()
     assert [os.path.splitext(name)[1] for name in names] == [".wav", ".spk"] * 2  # wespeaker's member layout
+
+
+@pytest.mark.parametrize("form", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_reader_follows_long_names_and_skips_other_members(tmp_path, form):
+    long_key = "id00001/" + "v" * 120 + "/00001"  # over the 100 bytes of a plain header name
+    members = {f"{long_key}.wav": b"RIFF audio", f"{long_key}.spk": b"id00001", "short.wav": b"x" * 513,
+               "short.spk": b"id00002"}
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, "w", format=form) as archive:
+        folder = tarfile.TarInfo("a_folder")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        for name, data in members.items():  # ustar keeps a long name as a prefix and a name field
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with open(path, "rb") as handle:
+        assert dict(tar_members(handle)) == members
+
+
+def test_corrupt_shard_header_is_named(tmp_path):
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, "w") as archive:
+        for name, data in (("a.wav", b"RIFF"), ("a.spk", b"id1")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    content = bytearray(path.read_bytes())
+    content[512 + 512 + 10] ^= 0xFF  # the second member's name: its header checksum no longer matches
+    path.write_bytes(bytes(content))
+    with pytest.raises(DataError, match=f"Cannot read shard {path}: invalid or truncated member header"):
+        list(read_shard(str(path)))
+    path.write_bytes(bytes(content[:514]))  # cut inside the first member's 4 bytes of data
+    with pytest.raises(DataError, match="Cannot read shard .*: unexpected end of data"):
+        list(read_shard(str(path)))
 
 
 def test_rerun_skips_complete_shards_and_replaces_a_stale_partial(tiny_corpus, tmp_path, capsys):
