@@ -1,0 +1,100 @@
+"""Deployment: inference packages, ONNX / TorchScript export with its parity check, torch-free ONNX embedding."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROJECT_ROOT
+
+import embedSpeaker
+import exportModel
+from SpeakerNet import SpeakerNet
+
+MODEL_FLAGS = ["--model", "ResNetSE34L", "--trainfunc", "angleproto", "--nOut", "32", "--log_input", "true",
+               "--eval_frames", "50", "--num_eval", "3"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A bare state_dict, as the original saves it (its settings come from flags)."""
+    torch.manual_seed(3)
+    net = SpeakerNet(model="ResNetSE34L", trainfunc="angleproto", nPerSpeaker=2, nOut=32, log_input=True,
+                     encoder_type="SAP", n_mels=40)
+    path = tmp_path_factory.mktemp("ckpt") / "model000000001.model"
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def package(checkpoint, tmp_path_factory):
+    """The checkpoint exported as an inference package."""
+    path = tmp_path_factory.mktemp("package") / "lite.pkg"
+    assert exportModel.main(["--initial_model", checkpoint, "--format", "package", "--output", str(path),
+                             *MODEL_FLAGS]) == 0
+    return str(path)
+
+
+def fails_with(main, argv, message, capsys):
+    """The tool stops with exit status 1 and one 'Error: ...' line matching `message`."""
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert re.search(message, error) and error.startswith("Error: ") and error.count("\n") == 1, error
+
+
+def test_package_holds_only_the_embedding_model(package, checkpoint):
+    content = torch.load(package, weights_only=True)
+    assert set(content) == {"format", "args", "weights", "sha256"}
+    assert all(name.startswith("__S__.") for name in content["weights"])
+    assert content["args"]["model"] == "ResNetSE34L" and content["args"]["nOut"] == 32
+    original = torch.load(checkpoint, weights_only=True)
+    for name, tensor in content["weights"].items():
+        torch.testing.assert_close(tensor, original[name], rtol=0, atol=0)
+
+
+def test_package_embeds_like_the_checkpoint_without_flags(package, checkpoint, tiny_corpus, tmp_path):
+    wav = f"{tiny_corpus['test_path']}/id00000/sess0/00000.wav"
+    from_checkpoint, from_package = tmp_path / "checkpoint.npy", tmp_path / "package.npy"
+    assert embedSpeaker.main(["embed", wav, "--output", str(from_checkpoint), "--initial_model", checkpoint,
+                              *MODEL_FLAGS]) == 0
+    assert embedSpeaker.main(["embed", wav, "--output", str(from_package), "--initial_model", package]) == 0
+    np.testing.assert_allclose(np.load(from_package), np.load(from_checkpoint), rtol=1e-5, atol=1e-6)
+    assert np.load(from_package).shape == (3, 32)
+
+
+def test_altered_package_is_refused(package, tiny_corpus, tmp_path, capsys):
+    content = torch.load(package, weights_only=True)
+    name = next(iter(content["weights"]))
+    content["weights"][name] = content["weights"][name] + 1e-3
+    altered = tmp_path / "altered.pkg"
+    torch.save(content, altered)
+    wav = f"{tiny_corpus['test_path']}/id00000/sess0/00000.wav"
+    fails_with(embedSpeaker.main, ["verify", wav, wav, "--initial_model", str(altered)],
+               "do not match the package's sha256", capsys)
+
+
+def test_bad_export_input(checkpoint, tmp_path, capsys):
+    output = str(tmp_path / "model.onnx")
+    fails_with(exportModel.main, ["--initial_model", str(tmp_path / "none.model"), "--format", "onnx", "--output",
+                                  output, *MODEL_FLAGS], "Checkpoint not found", capsys)
+    fails_with(exportModel.main, ["--initial_model", checkpoint, "--format", "tflite", "--output", output,
+                                  *MODEL_FLAGS], "invalid choice: 'tflite'", capsys)
+    fails_with(exportModel.main, ["--initial_model", checkpoint, "--format", "package", "--output",
+                                  str(tmp_path / "missing" / "x.pkg"), *MODEL_FLAGS], "does not exist", capsys)
+    fails_with(exportModel.main, ["--initial_model", checkpoint, "--format", "package", "--output", output],
+               "give --model and --trainfunc", capsys)
+
+
+@pytest.mark.integration
+def test_eval_of_a_package_needs_no_model_flags(package, checkpoint, tiny_corpus, tmp_path):
+    def scores(initial_model, flags):
+        score_file = tmp_path / f"scores_{len(flags)}.txt"
+        subprocess.run([sys.executable, "trainSpeakerNet.py", "--eval", "--initial_model", initial_model, *flags,
+                        "--test_list", tiny_corpus["test_list"], "--test_path", tiny_corpus["test_path"],
+                        "--score_file", str(score_file), "--save_path", str(tmp_path / "exp"),
+                        "--nDataLoaderThread", "0", "--device", "cpu"], cwd=PROJECT_ROOT, check=True,
+                       capture_output=True, text=True)
+        return np.array([float(line.split()[0]) for line in score_file.read_text().splitlines()])
+
+    np.testing.assert_allclose(scores(package, []), scores(checkpoint, MODEL_FLAGS), atol=2e-5)
