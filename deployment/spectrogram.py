@@ -13,7 +13,7 @@ from torch import nn
 
 
 class DftSpectrogram(nn.Module):
-    """[B, samples] -> [B, n_fft // 2 + 1, frames]: |windowed DFT| ** power of each hop, as one conv1d."""
+    """[B, samples] -> [B, n_fft // 2 + 1, frames]: |windowed DFT| ** power of each hop, as strided conv1d."""
 
     def __init__(self, spectrogram: torchaudio.transforms.Spectrogram) -> None:
         super().__init__()
@@ -26,15 +26,17 @@ class DftSpectrogram(nn.Module):
         window[left:left + spectrogram.win_length] = spectrogram.window.double()
         angle = 2 * math.pi * torch.outer(torch.arange(self.n_fft // 2 + 1.0), torch.arange(self.n_fft * 1.0))
         angle = angle.remainder(2 * math.pi * self.n_fft) / self.n_fft
-        basis = torch.cat([angle.cos() * window, -angle.sin() * window])
-        self.register_buffer("basis", basis.unsqueeze(1).float())
+        # real and imaginary parts as two convolutions, so the exporter knows the number of bins of each
+        self.register_buffer("cosine", (angle.cos() * window).unsqueeze(1).float())
+        self.register_buffer("sine", (-angle.sin() * window).unsqueeze(1).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Spectrum of a [B, samples] waveform batch."""
         x = x.unsqueeze(1)
         if self.center:
             x = F.pad(x, (self.n_fft // 2, self.n_fft // 2), mode=self.pad_mode)
-        real, imaginary = F.conv1d(x, self.basis, stride=self.hop_length).chunk(2, dim=1)
+        real = F.conv1d(x, self.cosine, stride=self.hop_length)
+        imaginary = F.conv1d(x, self.sine, stride=self.hop_length)
         power = real * real + imaginary * imaginary
         return power if self.power == 2 else power.pow(self.power / 2)
 
