@@ -15,6 +15,7 @@ import arguments
 import evaluation
 from audio.file_lists import check_files_exist
 from deployment.model_loading import MODEL_SETTINGS, add_model_flags, load_speaker_net
+from deployment.onnx_embedder import OnnxEmbedder
 from evaluation import calibration
 from runtime.atomic_files import atomic_write
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
@@ -52,9 +53,7 @@ class SpeakerEmbedder:
         """Score a pair; with a calibration also its LLR, the probability of one speaker and the decision."""
         result = {"score": self.score(enrol, test)}
         if self.calibration:
-            llr = float(self.calibration.llr(np.array([result["score"]]))[0])
-            probability, accept = calibration.verdict(llr, p_target)
-            result.update(llr=llr, probability=probability, same_speaker=accept, p_target=p_target)
+            result.update(self.calibration.decide(result["score"], p_target))
         return result
 
 
@@ -108,7 +107,11 @@ def save_embeddings(embeddings: dict[str, np.ndarray], output: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Command line: common model options, then `embed` or `verify`."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--initial_model", required=True, help="checkpoint: ours or the original's state_dict")
+    model = common.add_mutually_exclusive_group(required=True)
+    model.add_argument("--initial_model", help="checkpoint: ours, the original's state_dict, or a package from "
+                       "exportModel.py (which needs no model flags)")
+    model.add_argument("--onnx", help="ONNX model from exportModel.py, run with onnxruntime (no model flags; "
+                       "--eval_frames, --num_eval and --scoring may still be given)")
     common.add_argument("--config", help="the run's config.yaml (model settings)")
     common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     common.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one "
@@ -137,8 +140,11 @@ def run(argv: list[str]) -> int:
     if args.command == "embed":
         files, root = input_files(args.source, args.root)
         check_output(args.output, len(files))
-    embedder = SpeakerEmbedder(args.initial_model, args.config, args.device, getattr(args, "calibration", None),
-                               **overrides)
+    if args.onnx:
+        embedder = OnnxEmbedder(args.onnx, getattr(args, "calibration", None), **overrides)
+    else:
+        embedder = SpeakerEmbedder(args.initial_model, args.config, args.device, getattr(args, "calibration", None),
+                                   **overrides)
     if args.command == "embed":
         embeddings = embedder.embed_files(files, root, args.workers)
         if args.average:

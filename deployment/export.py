@@ -13,6 +13,7 @@ import onnxruntime
 import torch
 from torch import nn
 
+from deployment.onnx_embedder import METADATA_KEY
 from deployment.spectrogram import replace_spectrograms
 from runtime.atomic_files import atomic_write
 from runtime.errors import UserError
@@ -23,7 +24,6 @@ MIN_COSINE = 0.99999  # per clip, float32
 # Clip lengths in seconds: the tracing example (batch 2), then two clips checked alone and together (batch 2)
 CLIP_SECONDS = (2.0, 3.1, 2.6)
 FORMAT_TAGS = {"onnx": "voxceleb_trainer_next-onnx/1", "torchscript": "voxceleb_trainer_next-torchscript/1"}
-METADATA_KEY = "speakernet"  # ONNX metadata / TorchScript extra file holding the settings as JSON
 
 
 class ExportError(UserError, RuntimeError):

@@ -82,6 +82,12 @@ class Calibration:
         """Calibrated log-likelihood ratios of raw scores."""
         return self.slope * np.asarray(scores, dtype=np.float64) + self.offset
 
+    def decide(self, score: float, p_target: float) -> dict:
+        """A pair's LLR, the probability of one speaker at p_target and the decision at unit costs."""
+        llr = float(self.llr(np.array([score]))[0])
+        probability, accept = verdict(llr, p_target)
+        return {"llr": llr, "probability": probability, "same_speaker": accept, "p_target": p_target}
+
     def save(self, path: str) -> None:
         """Write as JSON (temporary file, then rename)."""
         write_text(path, json.dumps(asdict(self), indent=2))

@@ -10,7 +10,11 @@ from conftest import PROJECT_ROOT
 
 import embedSpeaker
 import exportModel
+from deployment.export import MIN_COSINE, ExportError, Parity, export_model, measure_parity, onnx_runner, parity_clips
+from runtime.plugins import available_plugins
 from SpeakerNet import SpeakerNet
+
+integration = pytest.mark.integration
 
 MODEL_FLAGS = ["--model", "ResNetSE34L", "--trainfunc", "angleproto", "--nOut", "32", "--log_input", "true",
                "--eval_frames", "50", "--num_eval", "3"]
@@ -86,7 +90,7 @@ def test_bad_export_input(checkpoint, tmp_path, capsys):
                "give --model and --trainfunc", capsys)
 
 
-@pytest.mark.integration
+@integration
 def test_eval_of_a_package_needs_no_model_flags(package, checkpoint, tiny_corpus, tmp_path):
     def scores(initial_model, flags):
         score_file = tmp_path / f"scores_{len(flags)}.txt"
@@ -98,3 +102,58 @@ def test_eval_of_a_package_needs_no_model_flags(package, checkpoint, tiny_corpus
         return np.array([float(line.split()[0]) for line in score_file.read_text().splitlines()])
 
     np.testing.assert_allclose(scores(package, []), scores(checkpoint, MODEL_FLAGS), atol=2e-5)
+
+
+# ---------------------------------------------------------------- ONNX and TorchScript export
+
+SHORT_CLIPS = (1.0, 1.3, 1.1)  # seconds: tracing example, then the two checked clips
+# model -> settings that keep it small where the model allows (nOut 32 for all)
+EXPORT_SETTINGS = {
+    "ResNetSE34L": {}, "ResNetSE34": {}, "ResNetSE34V2": {}, "Res2NetSE34": {}, "VGGVox": {}, "VGGVox40": {},
+    "RawNet3": {"encoder_type": "ECA"}, "ECAPA_TDNN": {"channels": 16, "n_mels": 80}, "CAMPPlus": {"n_mels": 80},
+    "ResNet34": {"n_mels": 80}, "ResNet221": {"n_mels": 80}, "ResNet293": {"n_mels": 80},
+}
+FAST = {("ResNetSE34L", "onnx"), ("ResNetSE34L", "torchscript")}  # the unit tier; the rest is integration
+
+
+def speaker_net(model: str) -> SpeakerNet:
+    """A freshly initialised SpeakerNet of `model` with its small test settings."""
+    torch.manual_seed(0)
+    settings = {"encoder_type": "SAP", "n_mels": 40, **EXPORT_SETTINGS[model]}
+    return SpeakerNet(model=model, trainfunc="angleproto", nOut=32, log_input=True, **settings).eval()
+
+
+def export_cases() -> list:
+    """Every model in models/ in both formats."""
+    models = available_plugins("models")
+    assert sorted(models) == sorted(EXPORT_SETTINGS), "a new model needs its test settings in EXPORT_SETTINGS"
+    return [pytest.param(model, kind, id=f"{model}-{kind}", marks=() if (model, kind) in FAST else integration)
+            for model in models for kind in ("onnx", "torchscript")]
+
+
+@pytest.mark.parametrize("model, kind", export_cases())
+def test_export_matches_pytorch(model, kind, tmp_path):
+    output = tmp_path / f"model.{kind}"
+    parity = export_model(speaker_net(model), {"model": model}, kind, str(output), seconds=SHORT_CLIPS)
+    assert output.is_file() and parity.clips == 4
+    assert parity.min_cosine >= MIN_COSINE and parity.max_abs_diff < 1e-3
+
+
+def test_parity_failure_is_detected(tmp_path, capsys, monkeypatch, checkpoint):
+    net = speaker_net("ResNetSE34L")
+    output = tmp_path / "model.onnx"
+    export_model(net, {"model": "ResNetSE34L"}, "onnx", str(output), seconds=SHORT_CLIPS)
+    altered = speaker_net("ResNetSE34L")
+    with torch.no_grad():
+        altered.__S__.fc.weight[0, 0] += 0.5
+    _, batches = parity_clips(SHORT_CLIPS)
+    assert measure_parity(altered.__S__, onnx_runner(output), batches).min_cosine < MIN_COSINE
+    with pytest.raises(ExportError, match=r"differs from PyTorch: min cosine 0\.9.*needs cosine >= 1\.5"):
+        export_model(net, {"model": "ResNetSE34L"}, "torchscript", str(tmp_path / "strict.pt"), min_cosine=1.5,
+                     seconds=SHORT_CLIPS)
+    assert not (tmp_path / "strict.pt").exists() and not list(tmp_path.glob(".*partial"))
+    monkeypatch.setattr("deployment.export.measure_parity", lambda *args: Parity(0.99, 0.25, 4))
+    fails_with(exportModel.main, ["--initial_model", checkpoint, "--format", "onnx", "--output",
+                                  str(tmp_path / "cli.onnx"), *MODEL_FLAGS],
+               r"min cosine 0\.99.*max \|diff\| 2\.50e-01", capsys)
+    assert not (tmp_path / "cli.onnx").exists()
