@@ -66,6 +66,7 @@ def compare(reference: np.ndarray, exported: np.ndarray) -> tuple[float, float]:
     """(smallest per-row cosine, largest absolute difference) of two [batch, D] embedding arrays."""
     if reference.shape != exported.shape:
         raise ExportError(f"The exported model returns shape {list(exported.shape)}, PyTorch {list(reference.shape)}")
+    reference, exported = reference.astype(np.float64), exported.astype(np.float64)
     cosine = (reference * exported).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(exported, axis=1))
     return float(cosine.min()), float(np.abs(reference - exported).max())
 

@@ -1,4 +1,5 @@
 """Deployment: inference packages, ONNX / TorchScript export with its parity check, torch-free ONNX embedding."""
+import json
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from conftest import PROJECT_ROOT
 import embedSpeaker
 import exportModel
 from deployment.export import MIN_COSINE, ExportError, Parity, export_model, measure_parity, onnx_runner, parity_clips
+from deployment.onnx_embedder import OnnxEmbedder
 from runtime.plugins import available_plugins
 from SpeakerNet import SpeakerNet
 
@@ -113,7 +115,7 @@ EXPORT_SETTINGS = {
     "RawNet3": {"encoder_type": "ECA"}, "ECAPA_TDNN": {"channels": 16, "n_mels": 80}, "CAMPPlus": {"n_mels": 80},
     "ResNet34": {"n_mels": 80}, "ResNet221": {"n_mels": 80}, "ResNet293": {"n_mels": 80},
 }
-FAST = {("ResNetSE34L", "onnx"), ("ResNetSE34L", "torchscript")}  # the unit tier; the rest is integration
+FAST = {("ResNetSE34L", "onnx")}  # the unit tier; the rest is integration
 
 
 def speaker_net(model: str) -> SpeakerNet:
@@ -139,6 +141,7 @@ def test_export_matches_pytorch(model, kind, tmp_path):
     assert parity.min_cosine >= MIN_COSINE and parity.max_abs_diff < 1e-3
 
 
+@integration
 def test_parity_failure_is_detected(tmp_path, capsys, monkeypatch, checkpoint):
     net = speaker_net("ResNetSE34L")
     output = tmp_path / "model.onnx"
@@ -157,3 +160,70 @@ def test_parity_failure_is_detected(tmp_path, capsys, monkeypatch, checkpoint):
                                   str(tmp_path / "cli.onnx"), *MODEL_FLAGS],
                r"min cosine 0\.99.*max \|diff\| 2\.50e-01", capsys)
     assert not (tmp_path / "cli.onnx").exists()
+
+
+# ---------------------------------------------------------------- embedding with the ONNX model
+
+@pytest.fixture(scope="module")
+def onnx_model(checkpoint, tmp_path_factory):
+    """The checkpoint exported to ONNX with the command line."""
+    path = tmp_path_factory.mktemp("onnx") / "lite.onnx"
+    assert exportModel.main(["--initial_model", checkpoint, "--format", "onnx", "--output", str(path),
+                             *MODEL_FLAGS]) == 0
+    return str(path)
+
+
+@integration
+def test_onnx_embed_and_verify_match_the_torch_path(onnx_model, checkpoint, tiny_corpus, tmp_path, capsys):
+    test_path = tiny_corpus["test_path"]
+    outputs = {}
+    for flag, model, flags in (("--onnx", onnx_model, []), ("--initial_model", checkpoint, MODEL_FLAGS)):
+        outputs[flag] = tmp_path / f"{flag[2:]}.npz"
+        assert embedSpeaker.main(["embed", test_path, "--output", str(outputs[flag]), flag, model, *flags]) == 0
+    from_onnx, from_torch = np.load(outputs["--onnx"]), np.load(outputs["--initial_model"])
+    assert sorted(from_onnx.keys()) == sorted(from_torch.keys()) and len(from_onnx.keys()) == 6
+    for name in from_torch.keys():
+        assert from_onnx[name].shape == (3, 32)
+        np.testing.assert_allclose(from_onnx[name], from_torch[name], rtol=1e-4, atol=1e-5)
+    capsys.readouterr()
+    pair = [f"{test_path}/id00000/sess0/00000.wav", f"{test_path}/id00001/sess1/00001.wav"]
+    for scoring in ("original", "cosine"):
+        embedSpeaker.main(["verify", *pair, "--onnx", onnx_model, "--scoring", scoring])
+        embedSpeaker.main(["verify", *pair, "--initial_model", checkpoint, *MODEL_FLAGS, "--scoring", scoring])
+        onnx_score, torch_score = (float(line.split()[1]) for line in capsys.readouterr().out.splitlines()
+                                   if line.startswith("score "))
+        assert onnx_score == pytest.approx(torch_score, abs=1e-4)
+
+
+@integration
+def test_onnx_embedding_runs_without_torch(onnx_model, tiny_corpus, tmp_path):
+    """With torch made unimportable, the ONNX embedder still embeds and scores, and never imports torch."""
+    blocker = tmp_path / "no_torch"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    wav = f"{tiny_corpus['test_path']}/id00000/sess0/00000.wav"
+    script = ("import json, sys\n"
+              "from deployment.onnx_embedder import OnnxEmbedder\n"
+              f"embedder = OnnxEmbedder({onnx_model!r})\n"
+              f"crops = embedder.embed_files([{wav!r}])[{wav!r}]\n"
+              f"score = embedder.score({wav!r}, {wav!r})\n"
+              "print(json.dumps({'crops': crops.tolist(), 'score': score, 'torch': 'torch' in sys.modules}))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{blocker}:{PROJECT_ROOT}"})
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout.splitlines()[-1])
+    embedder = OnnxEmbedder(onnx_model)
+    assert output["torch"] is False
+    np.testing.assert_allclose(output["crops"], embedder.embed_files([wav])[wav], rtol=1e-5, atol=1e-6)
+    assert output["score"] == pytest.approx(embedder.score(wav, wav), abs=1e-6)
+
+
+def test_bad_onnx_input(onnx_model, checkpoint, tiny_corpus, tmp_path, capsys):
+    wav = f"{tiny_corpus['test_path']}/id00000/sess0/00000.wav"
+    fails_with(embedSpeaker.main, ["verify", wav, wav, "--onnx", str(tmp_path / "none.onnx")],
+               "ONNX model not found", capsys)
+    fails_with(embedSpeaker.main, ["verify", wav, wav, "--onnx", checkpoint], "Cannot load ONNX model", capsys)
+    fails_with(embedSpeaker.main, ["verify", wav, wav, "--onnx", onnx_model, "--nOut", "64"],
+               "--nOut does not apply to an ONNX model", capsys)
+    fails_with(embedSpeaker.main, ["verify", wav, wav, "--onnx", onnx_model, "--initial_model", checkpoint],
+               "not allowed with argument", capsys)
