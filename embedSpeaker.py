@@ -141,7 +141,7 @@ def run(argv: list[str]) -> int:
         files, root = input_files(args.source, args.root)
         check_output(args.output, len(files))
     if args.onnx:
-        embedder = OnnxEmbedder(args.onnx, getattr(args, "calibration", None), **overrides)
+        embedder = OnnxEmbedder(args.onnx, getattr(args, "calibration", None), config=args.config, **overrides)
     else:
         embedder = SpeakerEmbedder(args.initial_model, args.config, args.device, getattr(args, "calibration", None),
                                    **overrides)

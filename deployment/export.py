@@ -92,7 +92,9 @@ def onnx_runner(path: str | os.PathLike):
 
 def torchscript_runner(path: str | os.PathLike):
     """A function running a [batch, samples] float32 array through the saved TorchScript module."""
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is marked deprecated; it still loads what it saved
+        module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(audio: np.ndarray) -> np.ndarray:
         with torch.no_grad():
