@@ -6,6 +6,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ from runtime.errors import UserError
 
 OPSET = 17
 SAMPLE_RATE = 16000
-MIN_COSINE = 0.99999  # per clip, float32
+MIN_COSINE = 0.99999  # per clip, between float32 embeddings
 # Clip lengths in seconds: the tracing example (batch 2), then two clips checked alone and together (batch 2)
 CLIP_SECONDS = (2.0, 3.1, 2.6)
 FORMAT_TAGS = {"onnx": "voxceleb_trainer_next-onnx/1", "torchscript": "voxceleb_trainer_next-torchscript/1"}
@@ -53,8 +54,8 @@ def parity_clips(seconds: tuple[float, float, float] = CLIP_SECONDS) -> tuple[to
     def clip(length: float, pitch: float) -> torch.Tensor:
         t = torch.arange(int(length * SAMPLE_RATE)) / SAMPLE_RATE
         voiced = sum(torch.sin(2 * torch.pi * pitch * harmonic * t) / harmonic for harmonic in range(1, 12))
-        return 0.1 * voiced * (0.6 + 0.4 * torch.sin(2 * torch.pi * 3 * t)) + 0.02 * torch.randn(len(t),
-                                                                                              generator=generator)
+        noise = 0.02 * torch.randn(len(t), generator=generator)
+        return 0.1 * voiced * (0.6 + 0.4 * torch.sin(2 * torch.pi * 3 * t)) + noise
 
     example = torch.stack([clip(seconds[0], 110.0), clip(seconds[0], 190.0)])
     first, second = clip(seconds[1], 130.0), clip(seconds[2], 220.0)
@@ -71,8 +72,11 @@ def compare(reference: np.ndarray, exported: np.ndarray) -> tuple[float, float]:
     return float(cosine.min()), float(np.abs(reference - exported).max())
 
 
-def measure_parity(model: nn.Module, run_exported, batches: list[torch.Tensor]) -> Parity:
-    """Run every batch through the PyTorch model and the exported one (`run_exported`: array -> array)."""
+Runner = Callable[[np.ndarray], np.ndarray]  # float32 waveforms [batch, samples] -> embeddings [batch, D]
+
+
+def measure_parity(model: nn.Module, run_exported: Runner, batches: list[torch.Tensor]) -> Parity:
+    """Run every batch through the PyTorch model and the exported one."""
     cosines, differences = [], []
     for batch in batches:
         with torch.no_grad():
@@ -83,14 +87,14 @@ def measure_parity(model: nn.Module, run_exported, batches: list[torch.Tensor]) 
     return Parity(min(cosines), max(differences), sum(batch.shape[0] for batch in batches))
 
 
-def onnx_runner(path: str | os.PathLike):
+def onnx_runner(path: str | os.PathLike) -> Runner:
     """A function running a [batch, samples] float32 array through the ONNX file with onnxruntime on the CPU."""
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda audio: session.run(None, {name: audio.astype(np.float32)})[0]
 
 
-def torchscript_runner(path: str | os.PathLike):
+def torchscript_runner(path: str | os.PathLike) -> Runner:
     """A function running a [batch, samples] float32 array through the saved TorchScript module."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is marked deprecated; it still loads what it saved
