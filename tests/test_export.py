@@ -165,11 +165,10 @@ def test_parity_failure_is_detected(tmp_path, capsys, monkeypatch, checkpoint):
 # ---------------------------------------------------------------- embedding with the ONNX model
 
 @pytest.fixture(scope="module")
-def onnx_model(checkpoint, tmp_path_factory):
-    """The checkpoint exported to ONNX with the command line."""
+def onnx_model(package, tmp_path_factory):
+    """The checkpoint's package exported to ONNX with the command line (no model flags)."""
     path = tmp_path_factory.mktemp("onnx") / "lite.onnx"
-    assert exportModel.main(["--initial_model", checkpoint, "--format", "onnx", "--output", str(path),
-                             *MODEL_FLAGS]) == 0
+    assert exportModel.main(["--initial_model", package, "--format", "onnx", "--output", str(path)]) == 0
     return str(path)
 
 
@@ -225,5 +224,7 @@ def test_bad_onnx_input(onnx_model, checkpoint, tiny_corpus, tmp_path, capsys):
     fails_with(embedSpeaker.main, ["verify", wav, wav, "--onnx", checkpoint], "Cannot load ONNX model", capsys)
     fails_with(embedSpeaker.main, ["verify", wav, wav, "--onnx", onnx_model, "--nOut", "64"],
                "--nOut does not apply to an ONNX model", capsys)
+    fails_with(embedSpeaker.main, ["verify", wav, wav, "--onnx", onnx_model, "--config", "run.yaml"],
+               "--config does not apply to an ONNX model", capsys)
     fails_with(embedSpeaker.main, ["verify", wav, wav, "--onnx", onnx_model, "--initial_model", checkpoint],
                "not allowed with argument", capsys)
