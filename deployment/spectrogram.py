@@ -57,13 +57,13 @@ class DftMelSpectrogram(nn.Module):
 def replace_spectrograms(model: nn.Module) -> int:
     """Swap every torchaudio (Mel)Spectrogram inside `model` for its DFT twin, in place; returns how many."""
     replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torchaudio.transforms.MelSpectrogram):
-                setattr(parent, name, DftMelSpectrogram(child))
-            elif isinstance(child, torchaudio.transforms.Spectrogram):
-                setattr(parent, name, DftSpectrogram(child))
-            else:
-                continue
-            replaced += 1
+    for name, child in list(model.named_children()):
+        if isinstance(child, torchaudio.transforms.MelSpectrogram):
+            setattr(model, name, DftMelSpectrogram(child))
+        elif isinstance(child, torchaudio.transforms.Spectrogram):
+            setattr(model, name, DftSpectrogram(child))
+        else:
+            replaced += replace_spectrograms(child)
+            continue
+        replaced += 1
     return replaced

@@ -7,12 +7,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torchaudio
 from conftest import PROJECT_ROOT
 
 import embedSpeaker
 import exportModel
 from deployment.export import MIN_COSINE, ExportError, Parity, export_model, measure_parity, onnx_runner, parity_clips
 from deployment.onnx_embedder import OnnxEmbedder
+from deployment.spectrogram import replace_spectrograms
+from models.FrontEnd import mel_filterbank
 from runtime.plugins import available_plugins
 from SpeakerNet import SpeakerNet
 
@@ -107,6 +110,21 @@ def test_eval_of_a_package_needs_no_model_flags(package, checkpoint, tiny_corpus
 
 
 # ---------------------------------------------------------------- ONNX and TorchScript export
+
+@pytest.mark.parametrize("front_end", [
+    mel_filterbank(40), mel_filterbank(80, torch.hann_window, f_max=8000),
+    torchaudio.transforms.Spectrogram(n_fft=512, win_length=400, hop_length=160, window_fn=torch.hann_window,
+                                      center=False, power=1.0),
+], ids=["mel-hamming", "mel-hann", "magnitude-uncentred"])
+def test_dft_front_end_matches_torchaudio(front_end):
+    holder = torch.nn.Sequential(front_end)
+    exportable = torch.nn.Sequential(front_end)
+    assert replace_spectrograms(exportable) == 1 and not isinstance(exportable[0], type(front_end))
+    audio = 0.1 * torch.randn(2, 16_123, generator=torch.Generator().manual_seed(5))
+    expected, got = holder(audio), exportable(audio)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=5e-5 * expected.abs().max().item())
+
 
 SHORT_CLIPS = (1.0, 1.3, 1.1)  # seconds: tracing example, then the two checked clips
 # model -> settings that keep it small where the model allows (nOut 32 for all)
