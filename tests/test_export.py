@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torchaudio
@@ -12,7 +13,16 @@ from conftest import PROJECT_ROOT
 
 import embedSpeaker
 import exportModel
-from deployment.export import MIN_COSINE, ExportError, Parity, export_model, measure_parity, onnx_runner, parity_clips
+from deployment.export import (
+    MIN_COSINE,
+    OPSET,
+    ExportError,
+    Parity,
+    export_model,
+    measure_parity,
+    onnx_runner,
+    parity_clips,
+)
 from deployment.onnx_embedder import OnnxEmbedder
 from deployment.spectrogram import replace_spectrograms
 from models.FrontEnd import mel_filterbank
@@ -81,6 +91,10 @@ def test_altered_package_is_refused(package, tiny_corpus, tmp_path, capsys):
     wav = f"{tiny_corpus['test_path']}/id00000/sess0/00000.wav"
     fails_with(embedSpeaker.main, ["verify", wav, wav, "--initial_model", str(altered)],
                "do not match the package's sha256", capsys)
+    content["format"] = "voxceleb_trainer_next-package/9"
+    torch.save(content, altered)
+    fails_with(embedSpeaker.main, ["verify", wav, wav, "--initial_model", str(altered)],
+               "is a package of format 'voxceleb_trainer_next-package/9'; this version reads", capsys)
 
 
 def test_bad_export_input(checkpoint, tmp_path, capsys):
@@ -157,6 +171,12 @@ def test_export_matches_pytorch(model, kind, tmp_path):
     parity = export_model(speaker_net(model), {"model": model}, kind, str(output), seconds=SHORT_CLIPS)
     assert output.is_file() and parity.clips == 4
     assert parity.min_cosine >= MIN_COSINE and parity.max_abs_diff < 1e-3
+    if kind == "onnx":
+        graph = onnx.load(str(output))
+        assert [dim.dim_param for dim in graph.graph.input[0].type.tensor_type.shape.dim] == ["batch", "samples"]
+        assert graph.opset_import[0].version == OPSET
+        settings = json.loads({prop.key: prop.value for prop in graph.metadata_props}["speakernet"])
+        assert settings["model"] == model and settings["test_normalize"] is True
 
 
 @integration
