@@ -10,6 +10,7 @@ import warnings
 import yaml
 
 from runtime.errors import ConfigError
+from runtime.packages import package_settings
 from runtime.plugins import PluginError, declared_options
 from settings.flags import FLAG_GROUPS, LIST_KEYS, RUN_MODE_KEYS, RUNTIME_KEYS, add_flag, check_ranges, str2bool
 from settings.sections import Settings
@@ -107,11 +108,20 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
         setattr(args, key, value)
 
 
+def apply_package_settings(args: argparse.Namespace, path: str, given: set[str]) -> None:
+    """--eval of an inference package: its saved model settings fill the flags not given on the command line."""
+    for key, value in package_settings(path).items():
+        if key not in given and hasattr(args, key):
+            setattr(args, key, value)
+
+
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags, then the YAML file, then the plug-ins' defaults and the runtime paths the original adds."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.eval and args.initial_model:
+        apply_package_settings(args, args.initial_model, flags_given(parser, argv))
     if args.config is not None:
         apply_config(parser, args, args.config, flags_given(parser, argv))
     plugin_defaults(args)

@@ -6,80 +6,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 import arguments
 import evaluation
 from audio.file_lists import check_files_exist
 from audio.kaldi_data import is_wav_scp, read_wav_scp
 from audio.reading import AUDIO_EXTENSIONS
+from deployment.model_loading import MODEL_SETTINGS, add_model_flags, load_speaker_net
+from deployment.onnx_embedder import OnnxEmbedder
 from evaluation import calibration
 from evaluation.kaldi_embeddings import utterance_names, write_kaldi_embeddings
-from runtime import checkpoints
 from runtime.atomic_files import atomic_write
-from runtime.device import place_on
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
-from runtime.plugins import declared_options
-from settings.flags import str2bool
-from settings.sections import ModelSettings
-from SpeakerNet import SpeakerNet
-
-# The settings that build and score a model: the model section, the plug-ins' own options and the crops and
-# scoring of --eval; their types and defaults come from the trainer's parser.
-MODEL_SETTINGS = (*(field.name for field in fields(ModelSettings)), *sorted(declared_options()),
-                  "eval_frames", "num_eval", "scoring")
-TRAINER_FLAGS = {action.dest: action for action in arguments.build_parser()._actions}
-
-
-def _cast(name: str, value, source: str):
-    """A setting converted with the trainer flag's type; errors name the setting and where it came from."""
-    kind = TRAINER_FLAGS[name].type
-    try:
-        return kind(value)
-    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
-        raise ConfigError(f"{source}: {name} must be {'bool' if kind is str2bool else kind.__name__}, "
-                         f"got {value!r}") from error
-
-
-def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict) -> dict:
-    """Model settings: trainer defaults < the checkpoint's saved args < the config YAML < explicit values.
-
-    Keys of the checkpoint args and the config that are not in MODEL_SETTINGS (e.g. a model's own options)
-    are passed on to the model unchanged."""
-    settings = {name: TRAINER_FLAGS[name].default for name in MODEL_SETTINGS}
-    layers = [(checkpoint_args, "checkpoint args")]
-    if config:
-        try:
-            with open(config, encoding="utf-8") as handle:
-                content = yaml.safe_load(handle) or {}
-        except OSError as error:
-            raise MissingFileError(f"Cannot read config {config}: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--config {config} is not valid YAML: {' '.join(str(error).split())}") from None
-        if not isinstance(content, dict):
-            raise ConfigError(f"--config {config}: expected 'key: value' lines, found a {type(content).__name__}")
-        layers.append((content, config))
-    layers.append((overrides, "command line"))
-    for values, source in layers:
-        for name, value in values.items():
-            if name in MODEL_SETTINGS and value is not None:
-                settings[name] = _cast(name, value, source)
-            elif name not in MODEL_SETTINGS and source != "command line":
-                settings[name] = value
-    namespace = argparse.Namespace(**settings)
-    arguments.plugin_defaults(namespace)
-    settings = {name: value for name, value in vars(namespace).items() if value is not None}
-    missing = [name for name in ("model", "trainfunc") if not settings.get(name)]
-    if missing:
-        raise ConfigError(f"Cannot tell the {' and '.join(missing)} of this checkpoint: give "
-                         + " and ".join(f"--{name}" for name in missing)
-                         + " or --config with the run's config.yaml")
-    return settings
 
 
 class SpeakerEmbedder:
@@ -87,17 +29,8 @@ class SpeakerEmbedder:
 
     def __init__(self, checkpoint: str, config: str | None = None, device: str = "cpu",
                  calibration_path: str | None = None, **overrides):
-        content = checkpoints.read_checkpoint(checkpoint)
-        saved_args = content.get("args", {}) if isinstance(content.get("args"), dict) else {}
-        self.settings = resolve_settings(saved_args, config, overrides)
         self.device = torch.device(device)
-        self.net = place_on(SpeakerNet(**self.settings), self.device).eval()
-        report = checkpoints.load_weights(self.net, checkpoints.model_weights(content, checkpoint), checkpoint)
-        if report.missing_in("__S__.") or report.mismatched_in("__S__."):
-            print(report.text())
-            raise checkpoints.CheckpointError(
-                f"Checkpoint {checkpoint} does not fit a {self.settings['model']} built with these settings (see the "
-                "list above); check --model, --encoder_type, --n_mels, --nOut and --log_input (or --config)")
+        self.net, self.settings = load_speaker_net(checkpoint, config, self.device, overrides)
         self.calibration = calibration.Calibration.load(calibration_path) if calibration_path else None
         if self.calibration:
             self.calibration.check_matches(self.settings["scoring"], "none", calibration_path)
@@ -124,9 +57,7 @@ class SpeakerEmbedder:
         """Score a pair; with a calibration also its LLR, the probability of one speaker and the decision."""
         result = {"score": self.score(enrol, test)}
         if self.calibration:
-            llr = float(self.calibration.llr(np.array([result["score"]]))[0])
-            probability, accept = calibration.verdict(llr, p_target)
-            result.update(llr=llr, probability=probability, same_speaker=accept, p_target=p_target)
+            result.update(self.calibration.decide(result["score"], p_target))
         return result
 
 
@@ -193,14 +124,16 @@ def save_kaldi_folder(folder: str, names: tuple[dict, dict | None], embeddings: 
 def build_parser() -> argparse.ArgumentParser:
     """Command line: common model options, then `embed` or `verify`."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--initial_model", required=True, help="checkpoint: ours or the original's state_dict")
+    model = common.add_mutually_exclusive_group(required=True)
+    model.add_argument("--initial_model", help="checkpoint: ours, the original's state_dict, or a package from "
+                       "exportModel.py (which needs no model flags)")
+    model.add_argument("--onnx", help="ONNX model from exportModel.py, run with onnxruntime (no model flags; "
+                       "--eval_frames, --num_eval and --scoring may still be given)")
     common.add_argument("--config", help="the run's config.yaml (model settings)")
     common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     common.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one "
                         "line (also SPEAKERNET_DEBUG=1)")
-    for name in MODEL_SETTINGS:
-        common.add_argument(f"--{name}", type=str, default=None,
-                            help="model setting (default: checkpoint args, --config, else the trainer's)")
+    add_model_flags(common)
     parser = arguments.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     embed = commands.add_parser("embed", parents=[common], help="embed a file, folder or list of paths")
@@ -235,8 +168,11 @@ def run(argv: list[str]) -> int:
         files, root = input_files(args.source, args.root)
         check_output(args.output, len(files))
         names = utterance_names(args.source, files) if args.kaldi_dir else None
-    embedder = SpeakerEmbedder(args.initial_model, args.config, args.device, getattr(args, "calibration", None),
-                               **overrides)
+    if args.onnx:
+        embedder = OnnxEmbedder(args.onnx, getattr(args, "calibration", None), config=args.config, **overrides)
+    else:
+        embedder = SpeakerEmbedder(args.initial_model, args.config, args.device, getattr(args, "calibration", None),
+                                   **overrides)
     if args.command == "embed":
         embeddings = embedder.embed_files(files, root, args.workers, args.length_tolerance)
         if args.kaldi_dir:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import soundfile
-from scipy import signal
 
 from runtime.errors import UserError
 
@@ -184,6 +183,8 @@ def _resample(samples: np.ndarray, rate: int, path: str, stats: LoaderStats | No
         _warned_resample = True
     if stats is not None:
         stats.count_resampled()
+    from scipy import signal  # imported here: the torch-free ONNX embedder reads 16 kHz files without scipy
+
     divisor = math.gcd(rate, SAMPLE_RATE)
     return signal.resample_poly(samples, SAMPLE_RATE // divisor, rate // divisor).astype(np.float32)
 

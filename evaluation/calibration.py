@@ -96,6 +96,12 @@ class Calibration:
             llrs = llrs + weight * np.asarray(features[name], dtype=np.float64)
         return llrs
 
+    def decide(self, score: float, p_target: float) -> dict:
+        """A pair's LLR, the probability of one speaker at p_target and the decision at unit costs."""
+        llr = float(self.llr(np.array([score]))[0])
+        probability, accept = verdict(llr, p_target)
+        return {"llr": llr, "probability": probability, "same_speaker": accept, "p_target": p_target}
+
     def save(self, path: str) -> None:
         """Write as JSON (temporary file, then rename)."""
         write_text(path, json.dumps(asdict(self), indent=2))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime import distributed
+from runtime import distributed, packages
 from runtime.atomic_files import atomic_write
 from runtime.errors import UserError
 
@@ -78,8 +78,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def model_weights(content: dict, path: str = "") -> dict[str, torch.Tensor]:
-    """The model state_dict inside any accepted checkpoint layout."""
-    if "model_state_dict" in content:
+    """The model state_dict inside any accepted checkpoint layout (a package's after checking its hash)."""
+    if packages.is_package(content):
+        weights = packages.verified_weights(content, path)
+    elif "model_state_dict" in content:
         weights = content["model_state_dict"]
     elif set(content) == {"model"} and isinstance(content["model"], dict):
         weights = {"__S__." + key: value for key, value in content["model"].items()}
