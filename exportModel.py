@@ -11,7 +11,7 @@ import torch
 import arguments
 from deployment.export import export_model
 from deployment.model_loading import MODEL_SETTINGS, add_model_flags, load_speaker_net
-from runtime import packages
+from runtime import checkpoints, packages
 from runtime.errors import ConfigError, run_command
 
 FORMATS = ("package", "onnx", "torchscript")
@@ -50,7 +50,7 @@ def run(argv: list[str]) -> int:
     model_settings = {name: settings[name] for name in MODEL_SETTINGS if name in settings}
     if args.format == "package":
         content = packages.package_content(net.state_dict(), model_settings)
-        packages.write_package(content, args.output)
+        checkpoints.write_atomically(content, args.output)
         size = os.path.getsize(args.output) / 2 ** 20
         print(f"Wrote the {settings['model']} package {args.output} ({len(content['weights'])} tensors, "
               f"{size:.1f} MiB, sha256 {content['sha256'][:16]}...)")

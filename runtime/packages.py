@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import torch
 
-from runtime.atomic_files import atomic_write
 from runtime.errors import UserError
 
 PACKAGE_TAG = "voxceleb_trainer_next-package/1"
@@ -39,12 +37,6 @@ def package_content(weights: dict[str, torch.Tensor], settings: dict) -> dict:
         raise PackageError(f"No {MODEL_PREFIX} (embedding model) tensors to package")
     plain = {name: value for name, value in settings.items() if isinstance(value, (str, int, float, bool))}
     return {"format": PACKAGE_TAG, "args": plain, "weights": model, "sha256": weights_hash(model)}
-
-
-def write_package(content: dict, path: str | os.PathLike) -> None:
-    """Save a package atomically (temporary file, then rename)."""
-    with atomic_write(path, durable=True) as temporary:
-        torch.save(content, temporary)
 
 
 def package_settings(path: str) -> dict:
