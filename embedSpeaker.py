@@ -18,22 +18,20 @@ from audio.kaldi_data import is_wav_scp, read_wav_scp
 from audio.reading import AUDIO_EXTENSIONS
 from deployment.model_loading import MODEL_SETTINGS, add_model_flags, load_speaker_net
 from deployment.onnx_embedder import OnnxEmbedder
-from evaluation import calibration
+from deployment.pair_verifier import PairVerifier
 from evaluation.kaldi_embeddings import utterance_names, write_kaldi_embeddings
 from runtime.atomic_files import atomic_write
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
 
 
-class SpeakerEmbedder:
+class SpeakerEmbedder(PairVerifier):
     """A checkpoint ready to embed audio and score pairs the way --eval does (usable from a notebook)."""
 
     def __init__(self, checkpoint: str, config: str | None = None, device: str = "cpu",
                  calibration_path: str | None = None, **overrides):
         self.device = torch.device(device)
         self.net, self.settings = load_speaker_net(checkpoint, config, self.device, overrides)
-        self.calibration = calibration.Calibration.load(calibration_path) if calibration_path else None
-        if self.calibration:
-            self.calibration.check_matches(self.settings["scoring"], "none", calibration_path)
+        self.load_calibration(calibration_path, self.settings["scoring"])
 
     def embed_files(self, files: list[str], root: str = "", num_workers: int = 0,
                     length_tolerance: float = 0.0) -> dict[str, np.ndarray]:
@@ -52,13 +50,6 @@ class SpeakerEmbedder:
         trials = evaluation.Trials(np.array([-1]), [enrol], [test], sorted({enrol, test}), "pair")
         return float(evaluation.score_trials(trials, embeddings, bool(self.net.__L__.test_normalize),
                                              self.settings["scoring"])[0])
-
-    def verify(self, enrol: str, test: str, p_target: float = 0.5) -> dict:
-        """Score a pair; with a calibration also its LLR, the probability of one speaker and the decision."""
-        result = {"score": self.score(enrol, test)}
-        if self.calibration:
-            result.update(self.calibration.decide(result["score"], p_target))
-        return result
 
 
 def average_embedding(crops: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import onnxruntime
 
 from audio.file_lists import check_files_exist
 from audio.reading import load_crops
+from deployment.pair_verifier import PairVerifier
 from runtime.errors import ConfigError, MissingFileError
 
 METADATA_KEY = "speakernet"  # ONNX metadata / TorchScript extra file holding the settings as JSON
@@ -35,7 +36,7 @@ def pair_score(enrol: np.ndarray, test: np.ndarray, normalize: bool, scoring: st
     return float(-distances.mean())
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(PairVerifier):
     """An exported ONNX model ready to embed files and verify pairs like embedSpeaker's SpeakerEmbedder."""
 
     def __init__(self, path: str, calibration_path: str | None = None, threads: int = 0, **overrides):
@@ -58,11 +59,7 @@ class OnnxEmbedder:
                 raise ConfigError(f"--{name} does not apply to an ONNX model (its settings are inside it)")
             self.settings[name] = SETTINGS_OF_CROPS[name](value)
         self.input_name = self.session.get_inputs()[0].name
-        self.calibration = None
-        if calibration_path:
-            from evaluation.calibration import Calibration  # the evaluation package needs the training requirements
-            self.calibration = Calibration.load(calibration_path)
-            self.calibration.check_matches(self.settings["scoring"], "none", calibration_path)
+        self.load_calibration(calibration_path, self.settings["scoring"])
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
         """Embeddings [batch, D] of 16 kHz waveforms [batch, samples]."""
@@ -83,10 +80,3 @@ class OnnxEmbedder:
         embeddings = self.embed_files([enrol, test])
         return pair_score(embeddings[enrol], embeddings[test], bool(self.settings["test_normalize"]),
                           self.settings["scoring"])
-
-    def verify(self, enrol: str, test: str, p_target: float = 0.5) -> dict:
-        """Score a pair; with a calibration also its LLR, the probability of one speaker and the decision."""
-        result = {"score": self.score(enrol, test)}
-        if self.calibration:
-            result.update(self.calibration.decide(result["score"], p_target))
-        return result
