@@ -171,13 +171,17 @@ def copy_of_project(tmp_path: Path) -> Path:
     return project
 
 
+def conv_model_file(preamble: str = "\n", parameters: str = "", kernel: str = "400") -> str:
+    """The source of a tiny model plug-in: one strided convolution over the waveform, pooled to nOut."""
+    return ("import torch.nn as nn\n\n" + preamble +
+            f"def MainModel(nOut=8{parameters}, **kwargs):\n"
+            f"    return nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 4, {kernel}, stride=160), nn.ReLU(),\n"
+            "                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, nOut))\n")
+
+
 def test_dropped_in_plugins_work_by_name(tiny_corpus, tmp_path):
     project = copy_of_project(tmp_path)
-    (project / "models" / "TinyConv.py").write_text(
-        "import torch.nn as nn\n\n\n"
-        "def MainModel(nOut=8, **kwargs):\n"
-        "    return nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 4, 400, stride=160), nn.ReLU(),\n"
-        "                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, nOut))\n")
+    (project / "models" / "TinyConv.py").write_text(conv_model_file())
     (project / "loss" / "centroid.py").write_text(
         "import torch\nimport torch.nn as nn\n\n\n"
         "class LossFunction(nn.Module):\n"
@@ -224,12 +228,9 @@ def test_evaluate_from_list_matches_the_score_file(tiny_corpus, tmp_path, traine
 def test_dropped_in_model_declares_its_own_option(tiny_corpus, tmp_path):
     """A model file with OPTIONS gets its flag and YAML key, and --help lists it, with no edit elsewhere."""
     project = copy_of_project(tmp_path)
-    (project / "models" / "WideConv.py").write_text(
-        "import torch.nn as nn\n\n"
-        "OPTIONS = {\"kernel_width\": (int, 400, \"WideConv: width of the first convolution in samples\")}\n\n\n"
-        "def MainModel(nOut=8, kernel_width=400, **kwargs):\n"
-        "    return nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 4, kernel_width, stride=160), nn.ReLU(),\n"
-        "                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, nOut))\n")
+    (project / "models" / "WideConv.py").write_text(conv_model_file(
+        "OPTIONS = {\"kernel_width\": (int, 400, \"WideConv: width of the first convolution in samples\")}\n\n\n",
+        ", kernel_width=400", "kernel_width"))
     help_text = run_cli(["--help"], cwd=project).stdout
     assert "--kernel_width" in help_text and "WideConv: width of the first convolution" in help_text
     (tmp_path / "wide.yaml").write_text("kernel_width: 240\n")
