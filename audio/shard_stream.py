@@ -95,7 +95,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def partition(self, epoch: int, rank: int, worker: int) -> list[str]:
         """The shards that a rank's loader worker reads in an epoch."""
-        order = np.random.default_rng([self.seed % 2 ** 63, epoch]).permutation(len(self.shards.paths))
+        order = item_rng(self.seed, epoch).permutation(len(self.shards.paths))  # the same on every rank
         return [self.shards.paths[i] for i in order][rank::self.world_size][worker::self.workers]
 
     def check_partition(self, shards: list[str], rank: int, worker: int) -> None:
@@ -125,7 +125,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         """The endless batches of (label, group) of this rank's loader worker in the current epoch."""
         shards = self.partition(self.epoch, self.rank, worker)
         self.check_partition(shards, self.rank, worker)
-        rng = np.random.default_rng([self.seed % 2 ** 63, self.epoch, self.rank, worker])
+        rng = item_rng(self.seed, self.epoch, self.rank, worker)  # this reader's stream
         return speaker_balanced_batches(self.utterances(shards, rng), self.batch_size, self.n_per_speaker, rng)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

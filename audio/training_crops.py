@@ -15,7 +15,8 @@ SPEED_FACTORS = (1.0, 0.9, 1.1)
 
 
 def item_rng(seed: int, epoch: int, *position: int) -> np.random.Generator:
-    """The random generator of one training item: a function of the seed, the epoch and the item's position."""
+    """The random generator of one training item: a function of the seed, the epoch and the item's position
+    (also of a shard reader's stream, whose position is its rank and worker)."""
     return np.random.default_rng([seed % 2 ** 63, epoch, *position])
 
 
