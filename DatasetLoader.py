@@ -34,8 +34,11 @@ from audio.reading import (  # noqa: F401 (loadWAV is part of the API)
 )
 from audio.training_crops import SPEED_FACTORS, TrainingCrops, expand_speakers, item_rng
 from runtime import distributed
-from runtime.errors import DataError
+from runtime.errors import ConfigError, DataError
 from runtime.loader_workers import batches, ignore_stop_signals  # noqa: F401 (batches: loops over loaders use it)
+from settings.sections import DataSettings
+
+SAMPLERS = ("balanced", "shuffled")  # --sampler
 
 
 class train_dataset_loader(torch.utils.data.Dataset):
@@ -111,11 +114,14 @@ def training_data(data, rank: int = 0, world_size: int = 1, check_files: bool = 
     if data.train_shards:
         stream = shard_stream.ShardStream(**asdict(data), rank=rank, world_size=world_size)
         return stream, stream
-    settings = {**asdict(data), "check_files": check_files}
-    dataset = train_dataset_loader(**settings)
-    sampler = train_dataset_sampler(dataset, **{**settings, "distributed": world_size > 1, "rank": rank,
-                                                "world_size": world_size})
-    return dataset, sampler
+    dataset = train_dataset_loader(**asdict(data), check_files=check_files)
+    return dataset, make_sampler(dataset, data, rank, world_size)
+
+
+def make_sampler(dataset: train_dataset_loader, data, rank: int = 0, world_size: int = 1) -> train_dataset_sampler:
+    """The --sampler of the data settings over `dataset`, for one process of `world_size`."""
+    kind = ShuffledSampler if data.sampler == "shuffled" else train_dataset_sampler
+    return kind(dataset, **asdict(data), distributed=world_size > 1, rank=rank, world_size=world_size)
 
 
 def steps_per_epoch(sampler: train_dataset_sampler, data) -> int:
@@ -126,24 +132,42 @@ def steps_per_epoch(sampler: train_dataset_sampler, data) -> int:
     return len(sampler) // data.batch_size
 
 
-def check_training_data(data, world_size: int) -> int:
-    """Check the train list, its files and that every process gets full batches; returns the speaker count."""
+def check_sampler(data, trainfunc: str, classifies_speakers: bool) -> None:
+    """--sampler is a known one, and shuffled only for a loss that classifies speakers and a --train_list."""
+    if data.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {data.sampler} is unknown; use {' or '.join(SAMPLERS)}")
+    if data.sampler == "shuffled" and data.train_shards:
+        raise ConfigError("--sampler shuffled does not apply to --train_shards (shard streams make speaker-balanced "
+                          "batches); leave --sampler at balanced or train from --train_list")
+    if data.sampler == "shuffled" and not classifies_speakers:
+        raise ConfigError(f"--sampler shuffled needs a loss that classifies speakers, and '{trainfunc}' compares the "
+                          "speakers of a batch with each other; use --sampler balanced")
+
+
+def check_training_data(data, world_size: int, classifies_speakers: bool = False) -> tuple[int, DataSettings]:
+    """Check the train list, its files and that every process gets full batches; returns the speaker count and the
+    data settings to train with: a loss that classifies speakers, given fewer speakers than --batch_size, gets the
+    shuffled sampler instead of the balanced one."""
     if data.max_seg_per_spk < data.nPerSpeaker:
         raise DataError(f"--max_seg_per_spk {data.max_seg_per_spk} is below --nPerSpeaker {data.nPerSpeaker}: "
                         "no speaker can fill a batch item")
     if data.train_shards:
-        return shard_stream.check_stream(data, world_size)
-    dataset, sampler = training_data(replace(data, augment=False), world_size=world_size, check_files=True)
+        return shard_stream.check_stream(data, world_size), data
+    dataset = train_dataset_loader(**{**asdict(data), "augment": False})
     usable = sum(len(items) >= data.nPerSpeaker for items in dataset.speaker_items.values())
-    if usable < data.batch_size:
-        raise DataError(f"--batch_size {data.batch_size} needs that many different speakers with at least "
-                        f"--nPerSpeaker {data.nPerSpeaker} utterances in every batch, but {data.train_list} has "
-                        f"{usable}; lower --batch_size to {usable} or less")
+    if data.sampler == "balanced" and usable < data.batch_size:
+        if not classifies_speakers:
+            raise DataError(f"--batch_size {data.batch_size} needs that many different speakers with at least "
+                            f"--nPerSpeaker {data.nPerSpeaker} utterances in every batch, but {data.train_list} has "
+                            f"{usable}; lower --batch_size to {usable} or less")
+        data = replace(data, sampler="shuffled")
+    sampler = make_sampler(dataset, data, world_size=world_size)
     sampler.set_epoch(1)
     if len(sampler) == 0:
-        raise DataError(f"An epoch of {data.train_list} makes no batch of {data.batch_size} different speakers for "
+        speakers = "different speakers" if data.sampler == "balanced" else f"items of {data.nPerSpeaker} utterances"
+        raise DataError(f"An epoch of {data.train_list} makes no batch of {data.batch_size} {speakers} for "
                         f"each of the {world_size} processes; lower --batch_size")
-    return len(dataset.speakers)
+    return len(dataset.speakers), data
 
 
 def check_augmentation_data(musan_path: str, rir_path: str) -> None:
@@ -226,15 +250,29 @@ class train_dataset_sampler(torch.utils.data.Sampler):
         order = torch.randperm(len(self.data_label), generator=generator).tolist()
         groups, group_labels = speaker_groups(self.data_label, order, self.nPerSpeaker, self.max_seg_per_spk)
         mixed = torch.randperm(len(groups), generator=generator).tolist()
-        items = [groups[group] for group in drop_collisions(mixed, group_labels, self.batch_size)]
+        items = [groups[group] for group in self.batch_order(mixed, group_labels)]
         total = round_down(len(items), self.batch_size * world_size)
         return items[int(rank / world_size * total):int((rank + 1) / world_size * total)]
+
+    def batch_order(self, mixed: list[int], group_labels: list[int]) -> list[int]:
+        """The groups in the order batches take them: `mixed` less the groups whose speaker is already in the
+        batch being filled."""
+        return drop_collisions(mixed, group_labels, self.batch_size)
 
     def __iter__(self):
         return iter(self.epoch_items())
 
     def __len__(self) -> int:
         return len(self.epoch_items())
+
+
+class ShuffledSampler(train_dataset_sampler):
+    """Items are groups of nPerSpeaker utterances of one speaker, every group of the epoch in a seeded random order:
+    a speaker may appear several times in a batch (--sampler shuffled, for losses that classify speakers)."""
+
+    def batch_order(self, mixed: list[int], group_labels: list[int]) -> list[int]:
+        """The groups in their random order, none dropped."""
+        return mixed
 
 
 class test_dataset_loader(torch.utils.data.Dataset):

@@ -215,8 +215,9 @@ def prepare_save_path(run: RunSettings) -> None:
             raise ConfigError(f"--save_path: cannot write to {path}; choose a folder you can write to")
 
 
-def check_inputs(settings: Settings, main: bool = True) -> None:
-    """Everything the user gave that can be checked before any process starts or any model is built.
+def check_inputs(settings: Settings, main: bool = True) -> Settings:
+    """Everything the user gave that can be checked before any process starts or any model is built; returns the
+    settings to run with (a loss that classifies speakers may switch to the shuffled sampler).
 
     `main` is False on the other ranks of a torchrun job: the files only rank 0 reads (save path, checkpoints,
     calibration) are checked there; every node checks the data it reads itself."""
@@ -230,10 +231,18 @@ def check_inputs(settings: Settings, main: bool = True) -> None:
         if main and not run.initial_model and not checkpoints.has_training_state(run.model_save_path):
             raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {run.model_save_path}")
         evaluation.check_inputs(settings.evaluation, main)
-        return
+        return settings
     loss = load_plugin("loss", model.trainfunc)
     check_per_speaker(model.trainfunc, loss, model.nPerSpeaker)
-    speakers = DatasetLoader.check_training_data(settings.data, distributed.planned_world_size(run))
+    classifies = getattr(loss, "classifies_speakers", False)
+    DatasetLoader.check_sampler(settings.data, model.trainfunc, classifies)
+    speakers, data = DatasetLoader.check_training_data(settings.data, distributed.planned_world_size(run), classifies)
+    if data.sampler != settings.data.sampler:
+        if main:
+            print(f"{data.train_list} has fewer speakers with --nPerSpeaker {data.nPerSpeaker} utterances than "
+                  f"--batch_size {data.batch_size}: loss '{model.trainfunc}' classifies speakers, so batches come from "
+                  "--sampler shuffled (a speaker may appear more than once in a batch)")
+        settings = replace(settings, data=data, flags={**settings.flags, "sampler": data.sampler})
     check_classes(model.trainfunc, loss, model.nClasses, speakers,
                   settings.data.train_shards or settings.data.train_list)
     if settings.data.augment:
@@ -243,6 +252,7 @@ def check_inputs(settings: Settings, main: bool = True) -> None:
     trials = evaluation.check_inputs(during_training, main)[0][0]
     if len(set(trials.labels[trials.labels >= 0].tolist())) < 2:
         raise DataError(f"{trials.path}: evaluation during training needs target (1) and non-target (0) trials")
+    return settings
 
 
 def run(argv: list[str]) -> int:
@@ -260,7 +270,7 @@ def run(argv: list[str]) -> int:
     main = distributed.launch_rank() == 0  # only rank 0 reads and writes the save path
     if main:
         prepare_save_path(settings.run)
-    check_inputs(settings, main)
+    settings = check_inputs(settings, main)
     distributed.start(main_worker, settings, settings.run)
     return 0
 

@@ -53,6 +53,10 @@ FLAG_GROUPS = {
                                        "(3x the classes: set --nClasses to 3x the speakers)"),
         ("spec_augment", bool, False, "SpecAugment-style masks: 2 frequency bands and 2 time spans of each "
                                       "training crop zeroed in its spectrum"),
+        ("sampler", str, "balanced", "training batches: balanced (batch_size different speakers) or shuffled "
+                                     "(nPerSpeaker-utterance groups in random order, speakers may repeat; for losses "
+                                     "that classify speakers, chosen by itself when there are fewer speakers than "
+                                     "batch_size)"),
     ],
     "Training": [
         ("test_interval", int, 10, "evaluate and save every N epochs (also the StepLR step size)"),

@@ -29,6 +29,7 @@ class DataSettings:
     skip_bad_audio: bool
     speed_perturb: bool
     spec_augment: bool
+    sampler: str  # balanced or shuffled (--train_list only)
 
 
 @dataclass(frozen=True)

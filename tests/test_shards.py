@@ -237,7 +237,7 @@ def test_train_shards_from_yaml_and_flag(shards, tmp_path):
                                          "--nDataLoaderThread", "0"])
     dataset, sampler = DatasetLoader.training_data(settings.data)
     assert dataset is sampler and DatasetLoader.steps_per_epoch(sampler, settings.data) == 4
-    assert DatasetLoader.check_training_data(settings.data, world_size=1) == 6
+    assert DatasetLoader.check_training_data(settings.data, world_size=1) == (6, settings.data)
     with pytest.raises(DataError, match="--batch_size 7 needs that many different speakers"):
         DatasetLoader.check_training_data(replace(settings.data, batch_size=7), world_size=1)
 
