@@ -59,10 +59,24 @@ class WrappedModel(nn.Module):
         return self.module(x, label)
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of `model`."""
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
 def batchnorm_buffers(model: nn.Module) -> list[torch.Tensor]:
     """The running statistics of every BatchNorm layer (updated by each training forward pass)."""
-    return [buffer for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    return [buffer for module in batchnorm_layers(model)
             for buffer in (module.running_mean, module.running_var, module.num_batches_tracked) if buffer is not None]
+
+
+def parameter_groups(net: SpeakerNet, lr: float, backbone_lr_factor: float) -> list[dict]:
+    """The optimiser's parameter groups: all parameters in one, or with a --backbone_lr_factor other than 1 the
+    embedding model's at lr times the factor, then the loss head's at lr (the last group is always the head's)."""
+    if backbone_lr_factor == 1:
+        return [{"params": list(net.parameters())}]
+    return [{"params": list(net.__S__.parameters()), "lr": lr * backbone_lr_factor},
+            {"params": list(net.__L__.parameters())}]
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -143,7 +157,10 @@ class ModelTrainer:
         self.__model__ = speaker_model
         self.device = device
         self.context = context
-        self.__optimizer__ = build_plugin("optimizer", optimizer, kwargs, self.__model__.parameters())
+        self.backbone_lr_factor = kwargs.get("backbone_lr_factor", 1.0)
+        self.backbone_frozen = False
+        groups = parameter_groups(speaker_model.module, kwargs["lr"], self.backbone_lr_factor)
+        self.__optimizer__ = build_plugin("optimizer", optimizer, kwargs, groups)
         self.__scheduler__, self.lr_step = build_plugin("scheduler", scheduler, kwargs, self.__optimizer__)
         if self.lr_step not in ("epoch", "iteration"):
             raise PluginError(f"Scheduler '{scheduler}' returned lr_step '{self.lr_step}'; "
@@ -191,6 +208,20 @@ class ModelTrainer:
                     buffer.copy_(saved)
         return nloss.detach().float(), torch.as_tensor(prec1).detach().float().reshape(-1)[0], finite
 
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Freeze the embedding model `__S__` (no gradients, BatchNorm statistics kept) so that only the loss head
+        trains, or release it."""
+        self.backbone_frozen = frozen
+        for parameter in self.__model__.module.__S__.parameters():
+            parameter.requires_grad_(not frozen)
+
+    def train_mode(self) -> None:
+        """Training mode, with the BatchNorm layers of a frozen embedding model in eval mode."""
+        self.__model__.train()
+        if self.backbone_frozen:
+            for layer in batchnorm_layers(self.__model__.module.__S__):
+                layer.eval()
+
     def set_progress(self, epochs: float) -> None:
         """Tell a loss with a schedule (e.g. a margin that grows) how many epochs of training are done."""
         loss = self.__model__.module.__L__
@@ -200,7 +231,7 @@ class ModelTrainer:
     def train_network(self, loader, verbose: bool, control: RunControl | None = None,
                       totals: EpochTotals | None = None, save_state=None, epoch: int = 1) -> tuple[float, float] | None:
         """One epoch (or its rest) over `loader`; (mean loss, mean prec1), or None when stopped by a signal."""
-        self.__model__.train()
+        self.train_mode()
         meter = EpochMeter(totals or EpochTotals(lr=self.current_lr()), len(loader), self.device)
         bar = tqdm(total=meter.last_step, initial=meter.totals.steps, disable=not verbose, unit="batch",
                    dynamic_ncols=True, leave=False)
@@ -268,8 +299,21 @@ class ModelTrainer:
 
     def resume(self, path: str, content: dict, rank: int = 0, world_size: int = 1) -> ResumePoint:
         """Restore model, optimizer, scheduler, scaler and this rank's RNG states from a checkpoint read from `path`."""
+        saved_factor = (content.get("args") or {}).get("backbone_lr_factor", 1.0)
+        if "optimizer_state_dict" in content and saved_factor != self.backbone_lr_factor:
+            raise checkpoints.CheckpointError(
+                f"{path} was trained with --backbone_lr_factor {saved_factor:g}; continue with that value, or start "
+                f"a new run in another --save_path with --initial_model {path}")
         return checkpoints.restore_training(self.recoverables(), path, content, rank, world_size)
 
     def current_lr(self) -> float:
-        """The largest learning rate over the parameter groups."""
-        return max(group["lr"] for group in self.__optimizer__.param_groups)
+        """The learning rate of the loss head's parameter group (the last one), which the log shows."""
+        return self.__optimizer__.param_groups[-1]["lr"]
+
+    def learning_rates(self) -> str:
+        """The current learning rates in words: the head's, and the embedding model's when it has its own group."""
+        head = f"learning rate {self.current_lr():g}"
+        if len(self.__optimizer__.param_groups) == 1:
+            return head
+        return (f"{head} for the loss head, {self.__optimizer__.param_groups[0]['lr']:g} for the embedding model "
+                f"(--backbone_lr_factor {self.backbone_lr_factor:g})")

@@ -99,6 +99,8 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
     """The epoch loop: train, log, and every test_interval epochs evaluate and save (rank 0 writes)."""
     run, data, optimisation = settings.run, settings.data, settings.optimisation
     point = start_point(trainer, run, context)
+    if context.is_main:
+        print(f"Training from epoch {point.first_epoch} with {trainer.learning_rates()}")
     control = RunControl(run.checkpoint_minutes)
     control.install_signal_handlers()
     resume_path = os.path.join(run.model_save_path, checkpoints.RESUME_NAME)
@@ -106,6 +108,7 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
         write_run_record(settings)
     with open(os.path.join(run.result_save_path, "scores.txt"), "a", encoding="utf-8") as scorefile:
         for epoch in range(point.first_epoch, optimisation.max_epoch + 1):
+            freeze_for_epoch(trainer, epoch, optimisation.freeze_backbone_epochs, context.is_main)
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             skip = point.skip_steps if epoch == point.first_epoch else 0
@@ -140,6 +143,16 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
             if control.poll(trainer.device)[1]:
                 print(f"Stopped by a signal after epoch {epoch}; run the same command again to continue.")
                 return
+
+
+def freeze_for_epoch(trainer: ModelTrainer, epoch: int, frozen_epochs: int, verbose: bool) -> None:
+    """--freeze_backbone_epochs: the embedding model is frozen in epochs 1 to N, and trains from N + 1 on."""
+    frozen = epoch <= frozen_epochs
+    if frozen != trainer.backbone_frozen:
+        trainer.freeze_backbone(frozen)
+        if verbose:
+            print(f"Epoch {epoch}: " + (f"the embedding model is frozen until the end of epoch {frozen_epochs}; only "
+                                        "the loss head trains" if frozen else "the embedding model trains too"))
 
 
 def seed_everything(seed: int) -> None:

@@ -13,7 +13,8 @@ LIST_KEYS = ("test_list",)  # keys whose YAML value may be a list (joined with c
 # Smallest accepted value of numeric flags; checked after the YAML is applied.
 MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk": 1, "nDataLoaderThread": 0,
            "test_interval": 1, "max_epoch": 1, "nPerSpeaker": 1, "nClasses": 1, "num_eval": 1, "n_mels": 1,
-           "nOut": 1, "weight_decay": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1, "nproc": 0, "gpu_id": 0}
+           "nOut": 1, "weight_decay": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1, "nproc": 0, "gpu_id": 0,
+           "freeze_backbone_epochs": 0, "backbone_lr_factor": 0}
 POSITIVE = ("lr", "lr_decay", "scale")
 
 
@@ -62,13 +63,17 @@ FLAG_GROUPS = {
         ("test_interval", int, 10, "evaluate and save every N epochs (also the StepLR step size)"),
         ("max_epoch", int, 500, "last epoch (inclusive)"),
         ("trainfunc", str, "", "loss plug-in in loss/"),
+        ("freeze_backbone_epochs", int, 0, "fine-tuning: in the first N epochs the embedding model is frozen (no "
+                                           "gradients, BatchNorm statistics kept) and only the loss head trains"),
     ],
     "Optimizer and scheduler": [
         ("optimizer", str, "adam", "optimizer plug-in in optimizer/"),
         ("scheduler", str, "steplr", "scheduler plug-in in scheduler/"),
-        ("lr", float, 0.001, "learning rate"),
+        ("lr", float, 0.001, "learning rate (of the loss head with --backbone_lr_factor; the LR logged)"),
         ("lr_decay", float, 0.95, "StepLR decay factor"),
         ("weight_decay", float, 0, "weight decay"),
+        ("backbone_lr_factor", float, 1.0, "fine-tuning: the embedding model trains at this times the loss head's "
+                                           "learning rate (its own parameter group); the LR logged is the head's"),
     ],
     "Loss functions": [
         ("hard_prob", float, 0.5, "triplet: probability of a hard negative"),

@@ -53,7 +53,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class OptimisationSettings:
-    """The trainer: optimiser and scheduler plug-ins, epochs, precision and the non-finite-step limit."""
+    """The trainer: optimiser and scheduler plug-ins, epochs, precision, the non-finite-step limit and fine-tuning."""
 
     optimizer: str
     scheduler: str
@@ -64,6 +64,8 @@ class OptimisationSettings:
     test_interval: int
     mixedprec: bool
     nonfinite_limit: int
+    freeze_backbone_epochs: int
+    backbone_lr_factor: float
 
 
 @dataclass(frozen=True)
