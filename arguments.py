@@ -16,6 +16,9 @@ from settings.flags import FLAG_GROUPS, LIST_KEYS, RUN_MODE_KEYS, RUNTIME_KEYS, 
 from settings.sections import Settings
 
 PLUGIN_FLAGS = {"models": "model", "loss": "trainfunc", "optimizer": "optimizer", "scheduler": "scheduler"}
+# Flag groups whose values a package does not give a training run: everything but the model and its front end.
+NOT_ARCHITECTURE_GROUPS = ("Data loader", "Training", "Optimizer and scheduler", "Loss functions", "Evaluation",
+                           "Load and save", "Training and test data", "Run mode and hardware", "Evaluation back end")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -108,9 +111,21 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
         setattr(args, key, value)
 
 
+def architecture_settings(saved: dict) -> dict:
+    """The settings of a package that shape its embedding model: the model flags, its front end and the model's own
+    options; not those of the loss, the evaluation, the data or the run."""
+    other_parts = {name for title in NOT_ARCHITECTURE_GROUPS for name, *_ in FLAG_GROUPS[title]}
+    model_plugin = f"models/{saved.get('model')}"
+    options = declared_options()
+    return {key: value for key, value in saved.items()
+            if key not in other_parts and (key not in options or model_plugin in options[key])}
+
+
 def apply_package_settings(args: argparse.Namespace, path: str, given: set[str]) -> None:
-    """--eval of an inference package: its saved model settings fill the flags not given on the command line."""
-    for key, value in package_settings(path).items():
+    """An inference package's saved settings fill the flags not given on the command line: all of them for --eval,
+    its architecture for training (a fine-tuning run brings its own loss and evaluation settings)."""
+    saved = package_settings(path)
+    for key, value in (saved if args.eval else architecture_settings(saved)).items():
         if key not in given and hasattr(args, key):
             setattr(args, key, value)
 
@@ -120,7 +135,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.eval and args.initial_model:
+    if args.initial_model:
         apply_package_settings(args, args.initial_model, flags_given(parser, argv))
     if args.config is not None:
         apply_config(parser, args, args.config, flags_given(parser, argv))

@@ -91,8 +91,27 @@ def start_point(trainer: ModelTrainer, run: RunSettings, context: distributed.Co
         return point
     if run.initial_model:
         content = distributed.from_main(lambda: checkpoints.read_checkpoint(run.initial_model))
-        trainer.loadParameters(run.initial_model, content=content)
+        report = trainer.loadParameters(run.initial_model, content=content)
+        if context.is_main:
+            print(initial_model_summary(report, trainer.__model__.module, run.initial_model))
     return ResumePoint()
+
+
+def initial_model_summary(report: checkpoints.LoadReport, net: SpeakerNet, path: str) -> str:
+    """One line on what a new run takes from --initial_model: the embedding model, the loss head, or both."""
+    parts = []
+    for prefix, name in (("__S__.", "the embedding model (__S__)"), ("__L__.", "the loss head (__L__)")):
+        own = [key for key in net.state_dict() if key.startswith(prefix)]
+        loaded = [key for key in report.loaded if key.startswith(prefix)]
+        if not own:
+            continue  # a loss without parameters or buffers
+        if not loaded:
+            parts.append(f"{name} starts fresh")
+        elif len(loaded) == len(own):
+            parts.append(f"{name} is loaded from it ({len(own)} tensors)")
+        else:
+            parts.append(f"{name} takes {len(loaded)} of its {len(own)} tensors from it, the rest start fresh")
+    return f"Starting from {path}: " + "; ".join(parts)
 
 
 def train(trainer: ModelTrainer, settings: Settings, context: distributed.Context, dataset, sampler) -> None:

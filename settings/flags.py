@@ -94,7 +94,8 @@ FLAG_GROUPS = {
     ],
     "Load and save": [
         ("initial_model", str, "", "weights a new run starts from (a run with its own state in --save_path "
-                                   "continues from that state)"),
+                                   "continues from that state); an inference package also fills the model flags "
+                                   "not given (for training: the architecture, not the loss)"),
         ("save_path", str, "exps/exp1", "experiment folder (model/ and result/ inside)"),
     ],
     "Training and test data": [
