@@ -164,9 +164,10 @@ def check_training_data(data, world_size: int, classifies_speakers: bool = False
     sampler = make_sampler(dataset, data, world_size=world_size)
     sampler.set_epoch(1)
     if len(sampler) == 0:
-        speakers = "different speakers" if data.sampler == "balanced" else f"items of {data.nPerSpeaker} utterances"
-        raise DataError(f"An epoch of {data.train_list} makes no batch of {data.batch_size} {speakers} for "
-                        f"each of the {world_size} processes; lower --batch_size")
+        batch = (f"{data.batch_size} different speakers" if data.sampler == "balanced"
+                 else f"{data.batch_size} x {data.nPerSpeaker} utterances")
+        raise DataError(f"An epoch of {data.train_list} makes no batch of {batch} for each of the {world_size} "
+                        "processes; lower --batch_size")
     return len(dataset.speakers), data
 
 

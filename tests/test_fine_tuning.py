@@ -301,7 +301,7 @@ def test_a_classifying_loss_switches_to_the_shuffled_sampler(tiny_corpus):
     assert DatasetLoader.check_training_data(replace(data, batch_size=6), 1, True)[1].sampler == "balanced"
     with pytest.raises(DataError, match="--batch_size 8 needs that many different speakers"):
         DatasetLoader.check_training_data(data, world_size=1, classifies_speakers=False)
-    with pytest.raises(DataError, match="makes no batch of 8 items of 1 utterances for each of the 4 processes"):
+    with pytest.raises(DataError, match="makes no batch of 8 x 1 utterances for each of the 4 processes"):
         DatasetLoader.check_training_data(data, world_size=4, classifies_speakers=True)
 
 
