@@ -17,8 +17,10 @@ from torch import nn
 from models.FrontEnd import MeanNormalisedFbank, check_input_length, conv_length, min_samples_for
 from models.ResNetBlocks import make_layer
 from models.ResNetFamily import BasicBlock, halved_three_times
-from models.StatsPooling import TemporalStatsPooling
+from models.StatsPooling import VARIANCE_FLOOR, TemporalStatsPooling
 
+OPTIONS = {"variance_floor": (float, VARIANCE_FLOOR, "CAMPPlus: added to each pooled variance before the square "
+                                                   "root (wespeaker: 1e-7; 3D-Speaker's releases: 0)")}
 HEAD_CHANNELS = 32
 INIT_CHANNELS = 128
 GROWTH_RATE = 32
@@ -111,7 +113,7 @@ class CAMPPlus(nn.Module):
 
     model_name = "CAMPPlus"
 
-    def __init__(self, nOut: int, n_mels: int) -> None:
+    def __init__(self, nOut: int, n_mels: int, variance_floor: float = VARIANCE_FLOOR) -> None:
         super().__init__()
         self.fbank = MeanNormalisedFbank(n_mels)
         self.head = FCM(n_mels)
@@ -125,7 +127,7 @@ class CAMPPlus(nn.Module):
             blocks += [DenseTDNNBlock(channels, layers, dilation), transit_layer(channels + layers * GROWTH_RATE)]
             channels = (channels + layers * GROWTH_RATE) // 2
         self.blocks = nn.Sequential(*blocks, bn_relu(channels))
-        self.pool = TemporalStatsPooling(channels)
+        self.pool = TemporalStatsPooling(channels, variance_floor=variance_floor)
         self.embedding = nn.Linear(self.pool.out_dim, nOut, bias=False)
         self.embedding_bn = nn.BatchNorm1d(nOut, affine=False)
         self._init_weights()
@@ -147,6 +149,6 @@ class CAMPPlus(nn.Module):
         return self.embedding_bn(self.embedding(self.pool(x)))
 
 
-def MainModel(nOut: int = 192, n_mels: int = 80, **kwargs) -> nn.Module:
+def MainModel(nOut: int = 192, n_mels: int = 80, variance_floor: float = VARIANCE_FLOOR, **kwargs) -> nn.Module:
     """Build CAM++ (6.85M parameters at 80 mels and nOut 192; 7.18M at nOut 512, the published VoxCeleb size)."""
-    return CAMPPlus(nOut, n_mels)
+    return CAMPPlus(nOut, n_mels, variance_floor)
