@@ -13,7 +13,8 @@ LIST_KEYS = ("test_list",)  # keys whose YAML value may be a list (joined with c
 # Smallest accepted value of numeric flags; checked after the YAML is applied.
 MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk": 1, "nDataLoaderThread": 0,
            "test_interval": 1, "max_epoch": 1, "nPerSpeaker": 1, "nClasses": 1, "num_eval": 1, "n_mels": 1,
-           "nOut": 1, "weight_decay": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1, "nproc": 0, "gpu_id": 0}
+           "nOut": 1, "weight_decay": 0, "length_tolerance": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1,
+           "nproc": 0, "gpu_id": 0}
 POSITIVE = ("lr", "lr_decay", "scale")
 
 
@@ -137,6 +138,9 @@ FLAG_GROUPS = {
         ("embeddings_cache", str, "", "file of saved embeddings: reused when model and crop settings match, "
                                       "updated with new files"),
         ("eval_files_per_batch", int, 0, "test files per forward pass (0: 16 on a GPU, 16 crops' worth on a CPU)"),
+        ("length_tolerance", float, 0.05, "--eval_frames 0: whole utterances at most this fraction longer than "
+                                          "a forward pass's shortest are cut to it (centred) and share the pass; "
+                                          "0: equal lengths only, every utterance embedded whole"),
     ],
 }
 

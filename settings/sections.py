@@ -90,6 +90,7 @@ class EvaluationSettings:
     calibration_quality: str
     embeddings_cache: str
     eval_files_per_batch: int
+    length_tolerance: float
     workers: int  # --nDataLoaderThread
 
     @classmethod
