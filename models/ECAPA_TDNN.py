@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.FrontEnd import MeanNormalisedFbank, check_input_length, min_samples_for
+from models.Fbanks import build_frontend, frontend_settings
+from models.FrontEnd import check_input_length, min_frames_for
 from models.StatsPooling import AttentiveStatsPooling
 
 OPTIONS = {"channels": (int, 512, "ECAPA_TDNN: channels of the SE-Res2Net blocks (published: 512, 1024; "
@@ -92,20 +93,21 @@ class ECAPA_TDNN(nn.Module):
     """Waveform [B, samples] -> fbank -> TDNN + 3 SE-Res2Net blocks -> aggregation -> ASTP -> BN -> linear."""
 
     model_name = "ECAPA_TDNN"
+    takes_frontend = True
 
-    def __init__(self, nOut: int, channels: int, n_mels: int) -> None:
+    def __init__(self, nOut: int, channels: int, n_mels: int, **frontend) -> None:
         super().__init__()
         if channels < RES2NET_SCALE or channels % RES2NET_SCALE:
             raise ValueError(f"{self.model_name}: --channels must be a positive multiple of the Res2Net scale "
                              f"{RES2NET_SCALE} (published sizes: 512, 1024), got {channels}")
-        self.fbank = MeanNormalisedFbank(n_mels)
+        self.fbank = build_frontend(n_mels, **frontend)
         self.layer1 = ConvReluBn(n_mels, channels, kernel_size=5)
         self.blocks = nn.ModuleList(SERes2Block(channels, dilation) for dilation in DILATIONS)
         self.aggregate = nn.Conv1d(channels * len(DILATIONS), AGGREGATED_CHANNELS, kernel_size=1)
         self.pool = AttentiveStatsPooling(AGGREGATED_CHANNELS, global_context=True)
         self.bn = nn.BatchNorm1d(self.pool.out_dim)
         self.embedding = nn.Linear(self.pool.out_dim, nOut)
-        self.min_samples = min_samples_for(lambda frames: frames - 1)  # the time std needs two frames
+        self.min_samples = self.fbank.min_samples(min_frames_for(lambda frames: frames - 1))  # std: two frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Waveform [B, samples] -> embedding [B, nOut]."""
@@ -121,4 +123,4 @@ class ECAPA_TDNN(nn.Module):
 
 def MainModel(nOut: int = 192, channels: int = 512, n_mels: int = 80, **kwargs) -> nn.Module:
     """Build ECAPA-TDNN with `channels` block channels (512: 6.19M, 1024: 14.66M parameters; 80 mels, nOut 192)."""
-    return ECAPA_TDNN(nOut, channels, n_mels)
+    return ECAPA_TDNN(nOut, channels, n_mels, **frontend_settings(kwargs))

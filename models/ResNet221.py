@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from models.Fbanks import frontend_settings
 from models.ResNetFamily import POOLING_OPTION, Bottleneck, FbankResNet
 
 OPTIONS = {"pooling": POOLING_OPTION}
@@ -14,4 +15,4 @@ OPTIONS = {"pooling": POOLING_OPTION}
 
 def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", **kwargs) -> nn.Module:
     """Build ResNet221 (23.79M parameters with 80 mels, nOut 256 and TSTP)."""
-    return FbankResNet(Bottleneck, [6, 16, 48, 3], nOut, n_mels, pooling, "ResNet221")
+    return FbankResNet(Bottleneck, [6, 16, 48, 3], nOut, n_mels, pooling, "ResNet221", **frontend_settings(kwargs))

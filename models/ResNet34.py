@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from models.Fbanks import frontend_settings
 from models.ResNetFamily import POOLING_OPTION, BasicBlock, FbankResNet
 
 OPTIONS = {"pooling": POOLING_OPTION}
@@ -14,4 +15,4 @@ OPTIONS = {"pooling": POOLING_OPTION}
 
 def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", **kwargs) -> nn.Module:
     """Build ResNet34 (6.63M parameters with 80 mels, nOut 256 and TSTP)."""
-    return FbankResNet(BasicBlock, [3, 4, 6, 3], nOut, n_mels, pooling, "ResNet34")
+    return FbankResNet(BasicBlock, [3, 4, 6, 3], nOut, n_mels, pooling, "ResNet34", **frontend_settings(kwargs))
