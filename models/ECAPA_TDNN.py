@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.FrontEnd import MeanNormalisedFbank, check_input_length, min_samples_for
+from models.Fbanks import build_frontend, frontend_settings
+from models.FrontEnd import check_input_length, min_frames_for
 from models.StatsPooling import AttentiveStatsPooling
 
 VARIANTS = ("wespeaker", "speechbrain")
@@ -111,9 +112,10 @@ class ECAPA_TDNN(nn.Module):
     """Waveform [B, samples] -> fbank -> TDNN + 3 SE-Res2Net blocks -> aggregation -> ASTP -> BN -> linear."""
 
     model_name = "ECAPA_TDNN"
+    takes_frontend = True
 
     def __init__(self, nOut: int, channels: int, n_mels: int, aggregation_channels: int = 1536,
-                 global_context: bool = True, variant: str = "wespeaker") -> None:
+                 global_context: bool = True, variant: str = "wespeaker", **frontend) -> None:
         super().__init__()
         if channels < RES2NET_SCALE or channels % RES2NET_SCALE:
             raise ValueError(f"{self.model_name}: --channels must be a positive multiple of the Res2Net scale "
@@ -122,7 +124,7 @@ class ECAPA_TDNN(nn.Module):
             raise ValueError(f"{self.model_name}: undefined --ecapa_variant '{variant}'; choose one of "
                              f"{', '.join(VARIANTS)}")
         speechbrain = variant == "speechbrain"
-        self.fbank = MeanNormalisedFbank(n_mels)
+        self.fbank = build_frontend(n_mels, **frontend)
         self.layer1 = ConvReluBn(n_mels, channels, kernel_size=5, padding_mode="reflect" if speechbrain else "zeros")
         self.blocks = nn.ModuleList(SERes2Block(channels, dilation, speechbrain) for dilation in DILATIONS)
         self.aggregate = nn.Conv1d(channels * len(DILATIONS), aggregation_channels, kernel_size=1)
@@ -133,7 +135,7 @@ class ECAPA_TDNN(nn.Module):
         self.embedding = nn.Linear(self.pool.out_dim, nOut)
         # the time std needs two frames; reflect padding needs more frames than the widest padding
         shortest = 1 + max(DILATIONS) if speechbrain else 2
-        self.min_samples = min_samples_for(lambda frames: frames - shortest + 1)
+        self.min_samples = self.fbank.min_samples(min_frames_for(lambda frames: frames - shortest + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Waveform [B, samples] -> embedding [B, nOut]."""
@@ -152,4 +154,5 @@ class ECAPA_TDNN(nn.Module):
 def MainModel(nOut: int = 192, channels: int = 512, n_mels: int = 80, aggregation_channels: int = 1536,
               global_context: bool = True, ecapa_variant: str = "wespeaker", **kwargs) -> nn.Module:
     """Build ECAPA-TDNN with `channels` block channels (512: 6.19M, 1024: 14.66M parameters; 80 mels, nOut 192)."""
-    return ECAPA_TDNN(nOut, channels, n_mels, aggregation_channels, global_context, ecapa_variant)
+    return ECAPA_TDNN(nOut, channels, n_mels, aggregation_channels, global_context, ecapa_variant,
+                      **frontend_settings(kwargs))

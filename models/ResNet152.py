@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from models.Fbanks import frontend_settings
 from models.ResNetFamily import RESNET_OPTIONS, Bottleneck, FbankResNet
 
 OPTIONS = dict(RESNET_OPTIONS)
@@ -16,4 +17,5 @@ OPTIONS = dict(RESNET_OPTIONS)
 def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", two_emb_layer: bool = False,
               **kwargs) -> nn.Module:
     """Build ResNet152 (bottleneck blocks; see docs/models-and-losses.md for its size)."""
-    return FbankResNet(Bottleneck, [3, 8, 36, 3], nOut, n_mels, pooling, "ResNet152", two_emb_layer)
+    return FbankResNet(Bottleneck, [3, 8, 36, 3], nOut, n_mels, pooling, "ResNet152", two_emb_layer,
+                       **frontend_settings(kwargs))

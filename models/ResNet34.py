@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from models.Fbanks import frontend_settings
 from models.ResNetFamily import RESNET_OPTIONS, BasicBlock, FbankResNet
 
 OPTIONS = dict(RESNET_OPTIONS)
@@ -16,4 +17,5 @@ OPTIONS = dict(RESNET_OPTIONS)
 def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", two_emb_layer: bool = False,
               **kwargs) -> nn.Module:
     """Build ResNet34 (6.63M parameters with 80 mels, nOut 256 and TSTP)."""
-    return FbankResNet(BasicBlock, [3, 4, 6, 3], nOut, n_mels, pooling, "ResNet34", two_emb_layer)
+    return FbankResNet(BasicBlock, [3, 4, 6, 3], nOut, n_mels, pooling, "ResNet34", two_emb_layer,
+                       **frontend_settings(kwargs))

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.FrontEnd import MeanNormalisedFbank, check_input_length, conv_length, min_samples_for
+from models.Fbanks import build_frontend
+from models.FrontEnd import check_input_length, conv_length, min_frames_for
 from models.ResNetBlocks import make_layer
 from models.StatsPooling import statistics_pooling
 
@@ -81,12 +82,14 @@ class FbankResNet(nn.Module):
     """Waveform -> fbank [B, 1, n_mels, T] -> 3x3 stem -> four stages (stride 2 in 2-4) -> pooling -> linear (-> ReLU,
     BatchNorm, linear with two_emb_layer)."""
 
+    takes_frontend = True
+
     def __init__(self, block: type[nn.Module], layers: list[int], nOut: int, n_mels: int, pooling: str,
-                 model_name: str, two_emb_layer: bool = False) -> None:
+                 model_name: str, two_emb_layer: bool = False, **frontend) -> None:
         super().__init__()
         self.model_name = model_name
         widths = [BASE_WIDTH * 2 ** stage for stage in range(4)]
-        self.fbank = MeanNormalisedFbank(n_mels)
+        self.fbank = build_frontend(n_mels, **frontend)
         self.conv1 = nn.Conv2d(1, BASE_WIDTH, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(BASE_WIDTH)
         self.relu = nn.ReLU(inplace=True)
@@ -100,7 +103,7 @@ class FbankResNet(nn.Module):
         self.second_embedding = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(nOut, affine=False),
                                               nn.Linear(nOut, nOut)) if two_emb_layer else nn.Identity()
         # the pooled time std needs two frames after the three time strides
-        self.min_samples = min_samples_for(lambda frames: halved_three_times(frames) - 1)
+        self.min_samples = self.fbank.min_samples(min_frames_for(lambda frames: halved_three_times(frames) - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Waveform [B, samples] -> embedding [B, nOut]."""

@@ -109,6 +109,20 @@ FLAG_GROUPS = {
         ("encoder_type", str, "SAP", "pooling: SAP, ASP (ResNets), TAP, MAX (VGGVox)"),
         ("nOut", int, 512, "embedding size"),
     ],
+    "Front end (fbank models)": [
+        ("frontend", str, "logmel", "features of ECAPA_TDNN, ResNet34/221/293 and CAMPPlus: logmel (torchaudio log "
+                                    "mel), kaldi (Kaldi's fbank, as wespeaker and 3D-Speaker) or speechbrain "
+                                    "(SpeechBrain's Fbank)"),
+        ("frontend_window", str, None, "kaldi, speechbrain: window povey, hamming, hann, rectangular or blackman "
+                                       "(Kaldi's formulas; symmetric for kaldi, periodic for speechbrain); default "
+                                       "povey for kaldi, hamming for speechbrain"),
+        ("waveform_scale", float, None, "kaldi, speechbrain: multiply the waveform (read in [-1, 1]) by this first; "
+                                        "wespeaker's models use 32768 (default 1)"),
+        ("preemphasis", float, None, "kaldi: pre-emphasis coefficient from 0 to 1 (default 0.97)"),
+        ("dither", float, None, "kaldi: in training only, Gaussian noise of this standard deviation (waveform-scale "
+                                "units) added to each frame, as Kaldi's --dither (default 0)"),
+        ("mean_norm", bool, None, "kaldi, speechbrain: subtract each utterance's mean over time (default true)"),
+    ],
     "Run mode and hardware": [
         ("eval", bool, False, "evaluate only, then exit"),
         ("port", str, "8888", "MASTER_PORT for distributed training"),

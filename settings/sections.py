@@ -48,6 +48,12 @@ class ModelSettings:
     easy_margin: bool
     hard_prob: float
     hard_rank: int
+    frontend: str
+    frontend_window: str | None  # None: each front end's own default
+    waveform_scale: float | None
+    preemphasis: float | None
+    dither: float | None
+    mean_norm: bool | None
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,27 @@ def test_export_matches_pytorch(model, kind, tmp_path):
         assert settings["model"] == model and settings["test_normalize"] is True
 
 
+FRONT_END_CASES = {  # the fbank models' other front ends; dither must be off in the exported graph
+    "kaldi": {"frontend": "kaldi", "frontend_window": "hamming", "waveform_scale": 32768.0, "dither": 1.0},
+    "speechbrain": {"frontend": "speechbrain"},
+}
+
+
+@pytest.mark.parametrize("kind", ["onnx", pytest.param("torchscript", marks=integration)])
+@pytest.mark.parametrize("front_end", FRONT_END_CASES)
+def test_export_of_other_front_ends_matches_pytorch(front_end, kind, tmp_path):
+    torch.manual_seed(0)
+    net = SpeakerNet(model="ECAPA_TDNN", trainfunc="angleproto", nOut=32, channels=16, n_mels=80,
+                     **FRONT_END_CASES[front_end]).eval()
+    output = tmp_path / f"model.{kind}"
+    parity = export_model(net, {"model": "ECAPA_TDNN", **FRONT_END_CASES[front_end]}, kind, str(output),
+                          seconds=SHORT_CLIPS)
+    assert parity.min_cosine >= MIN_COSINE and parity.max_abs_diff < 1e-3
+    if kind == "onnx":
+        ops = {node.op_type for node in onnx.load(str(output)).graph.node}
+        assert not ops & {"DFT", "STFT", "RandomNormal", "RandomNormalLike"}, ops
+
+
 @integration
 def test_parity_failure_is_detected(tmp_path, capsys, monkeypatch, checkpoint):
     net = speaker_net("ResNetSE34L")
