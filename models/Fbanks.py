@@ -100,7 +100,7 @@ class KaldiPowerSpectrum(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Power spectrum of a [B, samples] waveform batch."""
         spectrum = torch.fft.rfft(self.windowed_frames(x), n=N_FFT)
-        return (spectrum.real.square() + spectrum.imag.square()).transpose(1, 2)
+        return spectrum.real.square().addcmul_(spectrum.imag, spectrum.imag).transpose(1, 2)
 
 
 class KaldiFbank(nn.Module):
