@@ -13,11 +13,11 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+from peer_releases import AUDIO_DIR, AUDIO_FILES, CASES, load_case, peer_embedding, write_release  # noqa: E402
 from results_file import save_json  # noqa: E402
 
 import importModel  # noqa: E402
 from embedSpeaker import SpeakerEmbedder  # noqa: E402
-from peer_releases import AUDIO_DIR, AUDIO_FILES, CASES, load_case, peer_embedding, write_release  # noqa: E402
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "import_releases.json"
 
