@@ -16,10 +16,10 @@ from models.StatsPooling import statistics_pooling
 BASE_WIDTH = 32  # channels of the stem and the first stage; stages 2-4 double it each time
 # The options ResNet34, ResNet221 and ResNet293 declare (their OPTIONS): the temporal pooling and the embedding.
 RESNET_OPTIONS = {
-    "pooling": (str, "TSTP", "ResNet34/221/293: temporal pooling: TSTP (mean and std over time), ASTP (attentive "
+    "pooling": (str, "TSTP", "ResNet34/152/221/293: temporal pooling: TSTP (mean and std over time), ASTP (attentive "
                              "statistics), TAP (mean), TSDP (std), MHASTP (2-head attentive), MQMHASTP (2 queries "
                              "of 8 channel-wise heads), as wespeaker's ResNets"),
-    "two_emb_layer": (bool, False, "ResNet34/221/293: a second embedding layer (linear, ReLU, BatchNorm without "
+    "two_emb_layer": (bool, False, "ResNet34/152/221/293: a second embedding layer (linear, ReLU, BatchNorm without "
                                    "affine, linear) as wespeaker's two_emb_layer; the embedding is its output"),
 }
 

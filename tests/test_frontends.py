@@ -220,7 +220,7 @@ def test_frontend_settings_picks_the_front_end_flags():
 def test_models_with_their_own_features_refuse_a_front_end():
     for flags in ({"frontend": "kaldi"}, {"mean_norm": False}):
         with pytest.raises(PluginError, match=r"ResNetSE34L computes its own features; the front-end flags apply "
-                                              r"to CAMPPlus, ECAPA_TDNN, ResNet221, ResNet293, ResNet34$"):
+                                              r"to CAMPPlus, ECAPA_TDNN, ResNet152, ResNet221, ResNet293, ResNet34$"):
             SpeakerNet(model="ResNetSE34L", trainfunc="angleproto", nOut=32, **flags)
     SpeakerNet(model="ResNetSE34L", trainfunc="angleproto", nOut=32, frontend="logmel", dither=None)
 
