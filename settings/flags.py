@@ -144,6 +144,10 @@ FLAG_GROUPS = {
                                  "default: --train_list"),
         ("cohort_size", int, 0, "cohort speakers (seeded pick; 0: all speakers of the cohort list)"),
         ("cohort_utterances", int, 10, "utterances averaged per cohort speaker (0: all)"),
+        ("center_embeddings", bool, False, "subtract the mean embedding of the cohort list's utterances (the ones "
+                                           "--cohort_size and --cohort_utterances select) from every embedding "
+                                           "before scoring and score normalisation, as wespeaker's scoring does "
+                                           "with the mean of its training set"),
         ("calibration", str, "", "apply this saved calibration: scores become log-likelihood ratios"),
         ("fit_calibration", str, "", "fit a calibration on the first --test_list and save it to this path"),
         ("calibration_prior", float, 0.5, "target prior the calibration is fitted at"),

@@ -90,6 +90,7 @@ class EvaluationSettings:
     cohort_path: str  # --train_path: the root of the cohort list's paths
     cohort_size: int
     cohort_utterances: int
+    center_embeddings: bool
     calibration: str
     fit_calibration: str
     calibration_prior: float
