@@ -8,15 +8,16 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import DatasetLoader
+from models.Fbanks import FRONTEND_KEYS, frontend_settings
 from runtime import checkpoints, distributed
 from runtime.checkpoints import EpochTotals, Recoverables, ResumePoint
 from runtime.device import autocast_dtype
 from runtime.errors import DataError, UserError
-from runtime.plugins import PluginError, build_plugin, plugin_module
+from runtime.plugins import PluginError, available_plugins, build_plugin, plugin_module
 from runtime.run_control import RunControl
 
 # Flags that shape the embeddings besides the weights; a model's own OPTIONS do too.
-MODEL_OUTPUT_FLAGS = ("n_mels", "log_input", "encoder_type", "nOut")
+MODEL_OUTPUT_FLAGS = ("n_mels", "log_input", "encoder_type", "nOut", *FRONTEND_KEYS)
 
 
 class SpeakerNet(nn.Module):
@@ -28,6 +29,7 @@ class SpeakerNet(nn.Module):
     def __init__(self, model: str, optimizer: str = "", trainfunc: str = "", nPerSpeaker: int = 1, **kwargs):
         super().__init__()
         self.__S__ = build_plugin("models", model, kwargs)
+        check_frontend_flags(model, self.__S__, kwargs)
         self.__L__ = build_plugin("loss", trainfunc, kwargs)
         self.nPerSpeaker = nPerSpeaker
         own_options = getattr(plugin_module("models", model), "OPTIONS", {})
@@ -46,6 +48,23 @@ class SpeakerNet(nn.Module):
         if per_speaker == 1 and not hasattr(self.__L__, "min_per_speaker"):  # a loss written for the original
             embeddings = embeddings.squeeze(1)
         return self.__L__(embeddings, label)
+
+
+def frontend_models() -> list[str]:
+    """The model plug-ins that take the front-end flags (their network class has `takes_frontend`)."""
+    return [name for name in available_plugins("models")
+            if any(isinstance(value, type) and getattr(value, "takes_frontend", False)
+                   for value in vars(plugin_module("models", name)).values())]
+
+
+def check_frontend_flags(model: str, network: nn.Module, flags: dict) -> None:
+    """Refuse --frontend (other than logmel) and its options for a model that computes its own features."""
+    given = {name: value for name, value in frontend_settings(flags).items()
+             if value is not None and (name, value) != ("frontend", "logmel")}
+    if given and not getattr(network, "takes_frontend", False):
+        name, value = next(iter(given.items()))
+        raise PluginError(f"--{name} {value}: {model} computes its own features; the front-end flags apply to "
+                          f"{', '.join(frontend_models())}")
 
 
 class WrappedModel(nn.Module):

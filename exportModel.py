@@ -12,7 +12,8 @@ import arguments
 from deployment.export import export_model
 from deployment.model_loading import MODEL_SETTINGS, add_model_flags, load_speaker_net
 from runtime import checkpoints, packages
-from runtime.errors import ConfigError, run_command
+from runtime.atomic_files import check_output_file
+from runtime.errors import run_command
 
 FORMATS = ("package", "onnx", "torchscript")
 
@@ -32,19 +33,10 @@ def build_parser() -> arguments.ArgumentParser:
     return parser
 
 
-def check_output_folder(output: str) -> None:
-    """Refuse an output whose folder does not exist or is a file name without a folder to write in."""
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise ConfigError(f"The folder of --output {output} does not exist; create {folder} first")
-    if os.path.isdir(output):
-        raise ConfigError(f"--output {output} is a folder; give a file name")
-
-
 def run(argv: list[str]) -> int:
     """Load the checkpoint, then write the package or the exported model."""
     args = build_parser().parse_args(argv)
-    check_output_folder(args.output)
+    check_output_file(args.output)
     overrides = {name: getattr(args, name) for name in MODEL_SETTINGS}
     net, settings = load_speaker_net(args.initial_model, args.config, torch.device("cpu"), overrides)
     model_settings = {name: settings[name] for name in MODEL_SETTINGS if name in settings}

@@ -5,7 +5,13 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-from scipy import signal
+
+
+def scipy_signal():
+    """scipy.signal, imported at the first effect applied: evaluation and embedding never pay for its import."""
+    from scipy import signal
+
+    return signal
 
 
 def power_db(audio: np.ndarray) -> float:
@@ -31,7 +37,7 @@ def mix_noises(audio: np.ndarray, noises: list[np.ndarray], snrs_db: list[float]
 def convolve_rir(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
     """Convolve `[1, n]` audio with a unit-energy RIR by FFT (float32), keeping the first n samples."""
     rir = (rir / np.sqrt(np.sum(np.square(rir, dtype=np.float64)))).astype(np.float32)
-    wet = signal.fftconvolve(audio.astype(np.float32), rir[np.newaxis, :], mode="full", axes=-1)
+    wet = scipy_signal().fftconvolve(audio.astype(np.float32), rir[np.newaxis, :], mode="full", axes=-1)
     return wet[:, :audio.shape[-1]]
 
 
@@ -39,7 +45,7 @@ def change_speed(audio: np.ndarray, speed: float, length: int) -> np.ndarray:
     """Play `[1, n]` audio `speed` times faster (tempo and pitch, like sox's speed) and keep `length` samples; the
     input needs about length * speed samples (shorter results are padded by repetition)."""
     ratio = Fraction(1 / speed).limit_denominator(100)
-    changed = signal.resample_poly(audio, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+    changed = scipy_signal().resample_poly(audio, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
     if changed.shape[-1] < length:
         changed = np.pad(changed, ((0, 0), (0, length - changed.shape[-1])), mode="wrap")
     return changed[:, :length]
@@ -50,7 +56,7 @@ def spectral_masks(audio: np.ndarray, rng: np.random.Generator, masks: int = 2, 
     """SpecAugment on the waveform: `masks` frequency bands (each up to `max_band` of the spectrum) and `masks`
     time spans (each up to `max_frames` 10 ms frames) of `[1, n]` audio zeroed in its short-time spectrum."""
     n = audio.shape[-1]
-    _, _, spectrum = signal.stft(audio[0], nperseg=400, noverlap=240, nfft=512)
+    _, _, spectrum = scipy_signal().stft(audio[0], nperseg=400, noverlap=240, nfft=512)
     bins, frames = spectrum.shape
     for _ in range(masks):
         width = int(rng.integers(0, int(max_band * bins) + 1))
@@ -59,6 +65,6 @@ def spectral_masks(audio: np.ndarray, rng: np.random.Generator, masks: int = 2, 
         span = int(rng.integers(0, min(max_frames, frames) + 1))
         first = int(rng.integers(0, frames - span + 1))
         spectrum[:, first:first + span] = 0
-    _, masked = signal.istft(spectrum, nperseg=400, noverlap=240, nfft=512)
+    _, masked = scipy_signal().istft(spectrum, nperseg=400, noverlap=240, nfft=512)
     masked = masked[:n].astype(np.float32)
     return np.pad(masked, (0, n - len(masked)))[np.newaxis, :]

@@ -89,5 +89,5 @@ def load_speaker_net(checkpoint: str, config: str | None, device: torch.device,
         print(report.text())
         raise checkpoints.CheckpointError(
             f"Checkpoint {checkpoint} does not fit a {settings['model']} built with these settings (see the "
-            "list above); check --model, --encoder_type, --n_mels, --nOut and --log_input (or --config)")
+            "list above); check --model, --encoder_type, --n_mels, --nOut, --log_input and --frontend (or --config)")
     return net, settings

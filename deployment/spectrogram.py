@@ -1,7 +1,9 @@
-"""Export-only spectrograms: torchaudio's Spectrogram and MelSpectrogram as a strided conv1d with a fixed DFT basis.
+"""Export-only spectrograms: torchaudio's Spectrogram and MelSpectrogram and the kaldi front end's power spectrum
+as a strided conv1d with a fixed DFT basis.
 
-ONNX has no complex numbers, so torch.stft does not export; these modules compute the same one-sided power
-(or magnitude) spectrum from the trained module's own window and filterbank, in real arithmetic."""
+ONNX has no complex numbers, so torch.stft and torch.fft do not export (nor does unfold over a dynamic length);
+these modules compute the same one-sided power (or magnitude) spectrum from the trained module's own window and
+filterbank, in real arithmetic."""
 from __future__ import annotations
 
 import math
@@ -10,6 +12,9 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
+
+from models.Fbanks import KaldiPowerSpectrum
+from models.FrontEnd import HOP_LENGTH, N_FFT
 
 
 class DftSpectrogram(nn.Module):
@@ -54,11 +59,46 @@ class DftMelSpectrogram(nn.Module):
         return torch.matmul(self.spectrogram(x).transpose(-1, -2), self.filterbank).transpose(-1, -2)
 
 
+def dft_basis(bins: int, n_fft: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine, -sine) [bins, length] in float64: the first `bins` bins of an n_fft-point DFT of `length` samples."""
+    phase = torch.outer(torch.arange(bins), torch.arange(length)).remainder(n_fft).double() * (2 * math.pi / n_fft)
+    return phase.cos(), -phase.sin()
+
+
+class DftKaldiPowerSpectrum(nn.Module):
+    """[B, samples] -> [B, 257, frames]: KaldiPowerSpectrum in eval mode (no dither) as one strided conv1d.
+
+    DC removal, pre-emphasis and the window are linear in each frame, so they fold into the 512-point DFT basis
+    over the frame's 400 samples (the zero padding adds nothing)."""
+
+    def __init__(self, spectrum: KaldiPowerSpectrum) -> None:
+        super().__init__()
+        length = spectrum.window.numel()
+        coefficient = spectrum.preemphasis
+        remove_dc = torch.eye(length, dtype=torch.float64) - 1.0 / length
+        emphasise = torch.eye(length, dtype=torch.float64)  # x[j] - c x[j-1], the first sample against itself
+        emphasise -= torch.diag(torch.full((length - 1,), coefficient, dtype=torch.float64), diagonal=-1)
+        emphasise[0, 0] = 1 - coefficient
+        frame_step = spectrum.window.double()[:, None] * (emphasise @ remove_dc)
+        cosine, sine = dft_basis(N_FFT // 2 + 1, N_FFT, length)
+        self.register_buffer("cosine", (cosine @ frame_step).unsqueeze(1).float())
+        self.register_buffer("sine", (sine @ frame_step).unsqueeze(1).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Power spectrum of a [B, samples] waveform batch."""
+        real = F.conv1d(x.unsqueeze(1), self.cosine, stride=HOP_LENGTH)
+        imaginary = F.conv1d(x.unsqueeze(1), self.sine, stride=HOP_LENGTH)
+        return real * real + imaginary * imaginary
+
+
 def replace_spectrograms(model: nn.Module) -> int:
-    """Swap every torchaudio (Mel)Spectrogram inside `model` for its DFT twin, in place; returns how many."""
+    """Swap every torchaudio (Mel)Spectrogram and Kaldi power spectrum inside `model` for its DFT twin, in place;
+    returns how many."""
     replaced = 0
     for name, child in list(model.named_children()):
-        if isinstance(child, torchaudio.transforms.MelSpectrogram):
+        if isinstance(child, KaldiPowerSpectrum):
+            setattr(model, name, DftKaldiPowerSpectrum(child))
+        elif isinstance(child, torchaudio.transforms.MelSpectrogram):
             setattr(model, name, DftMelSpectrogram(child))
         elif isinstance(child, torchaudio.transforms.Spectrogram):
             setattr(model, name, DftSpectrogram(child))

@@ -42,8 +42,10 @@ def save_embeddings_cache(path: str, settings: dict, embeddings: dict[str, torch
                    temporary)
 
 
-def cache_key(model: torch.nn.Module, eval_frames: int, num_eval: int, autocast_dtype: torch.dtype | None) -> dict:
+def cache_key(model: torch.nn.Module, eval_frames: int, num_eval: int, autocast_dtype: torch.dtype | None,
+              length_tolerance: float = 0.0) -> dict:
     """What the embeddings of `model` depend on: its weights, the options that shape its output (e.g. --log_input,
-    a model's own options), the crops and the precision."""
+    a model's own options), the crops (with the whole-utterance length tolerance) and the precision."""
     return {"weights": model_fingerprint(model), "model": dict(getattr(model, "model_settings", {})),
-            "eval_frames": int(eval_frames), "num_eval": int(num_eval), "autocast": str(autocast_dtype)}
+            "eval_frames": int(eval_frames), "num_eval": int(num_eval), "autocast": str(autocast_dtype),
+            "length_tolerance": float(length_tolerance)}

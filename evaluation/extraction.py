@@ -126,14 +126,16 @@ def embed_paths(model, roots: dict[str, list[str]], settings, device: torch.devi
     """Embeddings keyed by full path of every `root -> relative names` (each rank embeds its share; cache used).
 
     `settings` is the EvaluationSettings of the run."""
-    key = cache_key(model, settings.eval_frames, settings.num_eval, autocast_dtype)
+    tolerance = settings.length_tolerance if settings.eval_frames == 0 else 0.0
+    key = cache_key(model, settings.eval_frames, settings.num_eval, autocast_dtype, tolerance)
     cached = distributed.from_main(lambda: load_embeddings_cache(settings.embeddings_cache, key))
     fresh: dict[str, torch.Tensor] = {}
     for root, names in roots.items():
         missing = [name for name in names if os.path.join(root, name) not in cached][context.rank::context.world_size]
         if missing:
             embedded = extract_embeddings(model, missing, root, settings.eval_frames, settings.num_eval,
-                                          settings.workers, device, autocast_dtype, settings.eval_files_per_batch)
+                                          settings.workers, device, autocast_dtype, settings.eval_files_per_batch,
+                                          tolerance)
             fresh.update({os.path.join(root, name): value for name, value in embedded.items()})
     fresh = distributed.gather_dicts(fresh)
     if settings.embeddings_cache and fresh and context.is_main:

@@ -24,8 +24,8 @@ def as_settings(settings: EvaluationSettings | argparse.Namespace) -> Evaluation
 
 
 def _cohort(settings: EvaluationSettings) -> dict[str, list[str]] | None:
-    """The cohort speakers' full paths when score normalisation is on (files checked first)."""
-    if settings.score_norm == "none":
+    """The cohort speakers' full paths when score normalisation or centring needs them (files checked first)."""
+    if settings.score_norm == "none" and not settings.center_embeddings:
         return None
     speakers, paths = read_speaker_list(settings.cohort_list, settings.cohort_path)
     cohort = score_norm.select_cohort(speakers, paths, settings.cohort_size, settings.cohort_utterances)
@@ -156,9 +156,11 @@ def run_evaluation(trainer_or_model, settings: EvaluationSettings | argparse.Nam
     if not context.is_main:
         return {}
     normalize, mode = bool(model.__L__.test_normalize), settings.scoring
+    if settings.center_embeddings:
+        embeddings = score_norm.centred(embeddings, [path for group in cohort.values() for path in group])
     test_embeddings = {name: embeddings[os.path.join(settings.test_path, name)] for name in files}
     mean = std = None
-    if cohort:
+    if cohort and settings.score_norm != "none":
         speakers = score_norm.speaker_means(embeddings, cohort, mode, normalize)
         mean, std = score_norm.cohort_statistics([test_embeddings[name] for name in files], speakers, mode,
                                                  normalize, settings.score_norm, settings.norm_topk)
@@ -170,7 +172,7 @@ def run_evaluation(trainer_or_model, settings: EvaluationSettings | argparse.Nam
     for position, trials in enumerate(lists):
         scores = score_trials(trials, test_embeddings, normalize, mode)
         enrol_rows, test_rows = np.array([rows[n] for n in trials.enrol]), np.array([rows[n] for n in trials.test])
-        if cohort:
+        if mean is not None:
             scores = score_norm.normalize_scores(scores, enrol_rows, test_rows, mean, std)
         features = quality.trial_features(measures, names, enrol_rows, test_rows)
         if position == 0 and settings.fit_calibration:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from scipy.stats import norm
 from sklearn.metrics import det_curve
 
 from runtime.atomic_files import atomic_write
@@ -15,6 +14,8 @@ DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8]
 
 def _probit(rates: np.ndarray) -> np.ndarray:
     """Normal deviate of error rates, clipped so that 0 and 1 stay on the plot."""
+    from scipy.stats import norm  # imported when a plot is drawn: scipy.stats takes a second to import
+
     return norm.ppf(np.clip(rates, 1e-4, 1 - 1e-4))
 
 

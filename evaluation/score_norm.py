@@ -24,6 +24,13 @@ def select_cohort(speakers: list[str], paths: list[str], cohort_size: int,
     return {name: by_speaker[name] for name in names}
 
 
+def centred(embeddings: dict[str, torch.Tensor], reference: list[str]) -> dict[str, torch.Tensor]:
+    """Every embedding (each crop) minus the mean embedding of the `reference` files (each file's crops averaged
+    first, then the files), as wespeaker subtracts the mean embedding of its training set before scoring."""
+    mean = torch.stack([embeddings[path].float().mean(dim=0) for path in reference]).mean(dim=0)
+    return {path: value.float() - mean for path, value in embeddings.items()}
+
+
 def _mean_by_owner(values: torch.Tensor, owner: torch.Tensor, groups: int) -> torch.Tensor:
     """Mean of the rows of `values` per group; `owner` (sorted) gives each row's group."""
     counts = torch.bincount(owner, minlength=groups)

@@ -14,11 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.FrontEnd import MeanNormalisedFbank, check_input_length, conv_length, min_samples_for
+from models.Fbanks import build_frontend, frontend_settings
+from models.FrontEnd import check_input_length, conv_length, min_frames_for
 from models.ResNetBlocks import make_layer
 from models.ResNetFamily import BasicBlock, halved_three_times
-from models.StatsPooling import TemporalStatsPooling
+from models.StatsPooling import VARIANCE_FLOOR, TemporalStatsPooling
 
+OPTIONS = {"variance_floor": (float, VARIANCE_FLOOR, "CAMPPlus: added to each pooled variance before the square "
+                                                   "root (wespeaker: 1e-7; 3D-Speaker's releases: 0)")}
 HEAD_CHANNELS = 32
 INIT_CHANNELS = 128
 GROWTH_RATE = 32
@@ -110,10 +113,11 @@ class CAMPPlus(nn.Module):
     """Waveform -> fbank -> FCM -> strided TDNN -> D-TDNN blocks with transits -> TSTP -> linear + BatchNorm."""
 
     model_name = "CAMPPlus"
+    takes_frontend = True
 
-    def __init__(self, nOut: int, n_mels: int) -> None:
+    def __init__(self, nOut: int, n_mels: int, variance_floor: float = VARIANCE_FLOOR, **frontend) -> None:
         super().__init__()
-        self.fbank = MeanNormalisedFbank(n_mels)
+        self.fbank = build_frontend(n_mels, **frontend)
         self.head = FCM(n_mels)
         self.tdnn = nn.Sequential(
             nn.Conv1d(self.head.out_channels, INIT_CHANNELS, kernel_size=5, stride=2, padding=2, bias=False),
@@ -125,12 +129,12 @@ class CAMPPlus(nn.Module):
             blocks += [DenseTDNNBlock(channels, layers, dilation), transit_layer(channels + layers * GROWTH_RATE)]
             channels = (channels + layers * GROWTH_RATE) // 2
         self.blocks = nn.Sequential(*blocks, bn_relu(channels))
-        self.pool = TemporalStatsPooling(channels)
+        self.pool = TemporalStatsPooling(channels, variance_floor=variance_floor)
         self.embedding = nn.Linear(self.pool.out_dim, nOut, bias=False)
         self.embedding_bn = nn.BatchNorm1d(nOut, affine=False)
         self._init_weights()
         # the pooled time std needs two frames after the TDNN's time stride
-        self.min_samples = min_samples_for(lambda frames: conv_length(frames, 5, 2, 2) - 1)
+        self.min_samples = self.fbank.min_samples(min_frames_for(lambda frames: conv_length(frames, 5, 2, 2) - 1))
 
     def _init_weights(self) -> None:
         """Kaiming-normal weights and zero biases for the 1-D convolutions and the linear layer, as CAM++ does."""
@@ -147,6 +151,6 @@ class CAMPPlus(nn.Module):
         return self.embedding_bn(self.embedding(self.pool(x)))
 
 
-def MainModel(nOut: int = 192, n_mels: int = 80, **kwargs) -> nn.Module:
+def MainModel(nOut: int = 192, n_mels: int = 80, variance_floor: float = VARIANCE_FLOOR, **kwargs) -> nn.Module:
     """Build CAM++ (6.85M parameters at 80 mels and nOut 192; 7.18M at nOut 512, the published VoxCeleb size)."""
-    return CAMPPlus(nOut, n_mels)
+    return CAMPPlus(nOut, n_mels, variance_floor, **frontend_settings(kwargs))

@@ -5,56 +5,75 @@ into 1536 channels, channel- and context-dependent attentive statistics pooling 
 and std as global context), BatchNorm and a linear embedding. Every convolution is followed by ReLU then
 BatchNorm. The pooling is ASTP by definition, so --encoder_type is ignored; the features are always log mel,
 so --log_input is ignored. The recipes set --n_mels 80.
+
+--ecapa_variant speechbrain builds SpeechBrain's ECAPA_TDNN (its spkrec-ecapa-voxceleb release: 1024 channels,
+--aggregation_channels 3072): reflect padding, BatchNorm after the aggregation's ReLU, ReLU + BatchNorm inside
+the attention, the first Res2Net group passed through, population standard deviations.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from models.FrontEnd import MeanNormalisedFbank, check_input_length, min_samples_for
+from models.Fbanks import build_frontend, frontend_settings
+from models.FrontEnd import check_input_length, min_frames_for
 from models.StatsPooling import AttentiveStatsPooling
 
-OPTIONS = {"channels": (int, 512, "ECAPA_TDNN: channels of the SE-Res2Net blocks (published: 512, 1024; "
-                                 "any multiple of 8)")}
+VARIANTS = ("wespeaker", "speechbrain")
+OPTIONS = {
+    "channels": (int, 512, "ECAPA_TDNN: channels of the SE-Res2Net blocks (published: 512, 1024; any multiple of 8)"),
+    "aggregation_channels": (int, 1536, "ECAPA_TDNN: width of the multi-layer feature aggregation (wespeaker: "
+                                        "1536 for both sizes; SpeechBrain: 3 x channels)"),
+    "global_context": (bool, True, "ECAPA_TDNN: the attentive pooling also sees each channel's utterance mean "
+                                   "and std (wespeaker's _GLOB models and SpeechBrain)"),
+    "ecapa_variant": (str, "wespeaker", "ECAPA_TDNN: wespeaker (zero padding, ReLU after the aggregation) or "
+                                        "speechbrain (reflect padding, ReLU + BatchNorm after the aggregation and "
+                                        "inside the attention, Res2Net pass-through chunk first, population std)"),
+}
 
 RES2NET_SCALE = 8
 DILATIONS = (2, 3, 4)
-AGGREGATED_CHANNELS = 1536  # the aggregation conv's width, the same for 512 and 1024 channels
 SE_BOTTLENECK = 128
+ATTENTION_BOTTLENECK = 128
 
 
 class ConvReluBn(nn.Sequential):
-    """1-D convolution (same length, with bias) -> ReLU -> BatchNorm."""
+    """1-D convolution (same length, with bias; zero or reflect padding) -> ReLU -> BatchNorm."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
+                 padding_mode: str = "zeros") -> None:
         super().__init__(
             nn.Conv1d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
-                      dilation=dilation),
+                      dilation=dilation, padding_mode=padding_mode),
             nn.ReLU(),
             nn.BatchNorm1d(out_channels),
         )
 
 
 class Res2Conv(nn.Module):
-    """Res2Net convolution: `scale` channel groups, each conv fed its group plus the previous group's output.
+    """Res2Net convolution: `scale` channel groups, each conv fed its group plus the previous conv's output.
 
-    The last group passes through unchanged, so the block mixes several receptive-field sizes.
+    One group passes through unchanged, so the block mixes several receptive-field sizes: the last one
+    (wespeaker), or the first one (SpeechBrain, `passthrough_first`).
     """
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int) -> None:
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int, padding_mode: str = "zeros",
+                 passthrough_first: bool = False) -> None:
         super().__init__()
         self.scale = scale
+        self.passthrough_first = passthrough_first
         width = channels // scale
-        self.convs = nn.ModuleList(ConvReluBn(width, width, kernel_size, dilation) for _ in range(scale - 1))
+        self.convs = nn.ModuleList(ConvReluBn(width, width, kernel_size, dilation, padding_mode)
+                                   for _ in range(scale - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, T] -> [B, C, T]."""
         groups = torch.chunk(x, self.scale, dim=1)
+        passed, convolved = (groups[0], groups[1:]) if self.passthrough_first else (groups[-1], groups[:-1])
         outputs: list[torch.Tensor] = []
-        for group, conv in zip(groups, self.convs):
+        for group, conv in zip(convolved, self.convs):
             outputs.append(conv(group if not outputs else group + outputs[-1]))
-        outputs.append(groups[-1])
-        return torch.cat(outputs, dim=1)
+        return torch.cat([passed, *outputs] if self.passthrough_first else [*outputs, passed], dim=1)
 
 
 class SqueezeExcitation1d(nn.Module):
@@ -74,11 +93,12 @@ class SqueezeExcitation1d(nn.Module):
 class SERes2Block(nn.Module):
     """1x1 conv, dilated Res2Net conv (kernel 3), 1x1 conv, squeeze-excitation, plus the input."""
 
-    def __init__(self, channels: int, dilation: int) -> None:
+    def __init__(self, channels: int, dilation: int, speechbrain: bool = False) -> None:
         super().__init__()
         self.body = nn.Sequential(
             ConvReluBn(channels, channels),
-            Res2Conv(channels, kernel_size=3, dilation=dilation, scale=RES2NET_SCALE),
+            Res2Conv(channels, kernel_size=3, dilation=dilation, scale=RES2NET_SCALE,
+                     padding_mode="reflect" if speechbrain else "zeros", passthrough_first=speechbrain),
             ConvReluBn(channels, channels),
             SqueezeExcitation1d(channels),
         )
@@ -92,20 +112,30 @@ class ECAPA_TDNN(nn.Module):
     """Waveform [B, samples] -> fbank -> TDNN + 3 SE-Res2Net blocks -> aggregation -> ASTP -> BN -> linear."""
 
     model_name = "ECAPA_TDNN"
+    takes_frontend = True
 
-    def __init__(self, nOut: int, channels: int, n_mels: int) -> None:
+    def __init__(self, nOut: int, channels: int, n_mels: int, aggregation_channels: int = 1536,
+                 global_context: bool = True, variant: str = "wespeaker", **frontend) -> None:
         super().__init__()
         if channels < RES2NET_SCALE or channels % RES2NET_SCALE:
             raise ValueError(f"{self.model_name}: --channels must be a positive multiple of the Res2Net scale "
                              f"{RES2NET_SCALE} (published sizes: 512, 1024), got {channels}")
-        self.fbank = MeanNormalisedFbank(n_mels)
-        self.layer1 = ConvReluBn(n_mels, channels, kernel_size=5)
-        self.blocks = nn.ModuleList(SERes2Block(channels, dilation) for dilation in DILATIONS)
-        self.aggregate = nn.Conv1d(channels * len(DILATIONS), AGGREGATED_CHANNELS, kernel_size=1)
-        self.pool = AttentiveStatsPooling(AGGREGATED_CHANNELS, global_context=True)
+        if variant not in VARIANTS:
+            raise ValueError(f"{self.model_name}: undefined --ecapa_variant '{variant}'; choose one of "
+                             f"{', '.join(VARIANTS)}")
+        speechbrain = variant == "speechbrain"
+        self.fbank = build_frontend(n_mels, **frontend)
+        self.layer1 = ConvReluBn(n_mels, channels, kernel_size=5, padding_mode="reflect" if speechbrain else "zeros")
+        self.blocks = nn.ModuleList(SERes2Block(channels, dilation, speechbrain) for dilation in DILATIONS)
+        self.aggregate = nn.Conv1d(channels * len(DILATIONS), aggregation_channels, kernel_size=1)
+        self.aggregate_bn = nn.BatchNorm1d(aggregation_channels) if speechbrain else None
+        self.pool = AttentiveStatsPooling(aggregation_channels, ATTENTION_BOTTLENECK, global_context,
+                                          population_std=speechbrain)
         self.bn = nn.BatchNorm1d(self.pool.out_dim)
         self.embedding = nn.Linear(self.pool.out_dim, nOut)
-        self.min_samples = min_samples_for(lambda frames: frames - 1)  # the time std needs two frames
+        # the time std needs two frames; reflect padding needs more frames than the widest padding
+        shortest = 1 + max(DILATIONS) if speechbrain else 2
+        self.min_samples = self.fbank.min_samples(min_frames_for(lambda frames: frames - shortest + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Waveform [B, samples] -> embedding [B, nOut]."""
@@ -116,9 +146,13 @@ class ECAPA_TDNN(nn.Module):
             x = block(x)
             block_outputs.append(x)
         x = torch.relu(self.aggregate(torch.cat(block_outputs, dim=1)))
+        if self.aggregate_bn is not None:
+            x = self.aggregate_bn(x)
         return self.embedding(self.bn(self.pool(x)))
 
 
-def MainModel(nOut: int = 192, channels: int = 512, n_mels: int = 80, **kwargs) -> nn.Module:
+def MainModel(nOut: int = 192, channels: int = 512, n_mels: int = 80, aggregation_channels: int = 1536,
+              global_context: bool = True, ecapa_variant: str = "wespeaker", **kwargs) -> nn.Module:
     """Build ECAPA-TDNN with `channels` block channels (512: 6.19M, 1024: 14.66M parameters; 80 mels, nOut 192)."""
-    return ECAPA_TDNN(nOut, channels, n_mels)
+    return ECAPA_TDNN(nOut, channels, n_mels, aggregation_channels, global_context, ecapa_variant,
+                      **frontend_settings(kwargs))

@@ -56,11 +56,17 @@ def conv_length(size: int, kernel: int, stride: int = 1, padding: int = 0) -> in
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def min_samples_for(frames_after_pooling: Callable[[int], int], center: bool = True) -> int:
-    """Smallest input length (samples) that gives at least one frame after the network's time pooling."""
-    frames = 2  # instance normalisation over time needs at least two frames
+def min_frames_for(frames_after_pooling: Callable[[int], int]) -> int:
+    """Fewest feature frames that leave at least one frame after the network's time pooling (two at least)."""
+    frames = 2  # normalisation over time needs at least two frames
     while frames_after_pooling(frames) < 1:
         frames += 1
+    return frames
+
+
+def min_samples_for(frames_after_pooling: Callable[[int], int], center: bool = True) -> int:
+    """Smallest input length (samples) that gives at least one frame after the network's time pooling."""
+    frames = min_frames_for(frames_after_pooling)
     if center:  # reflect padding needs more than n_fft // 2 samples
         return max(N_FFT // 2 + 1, (frames - 1) * HOP_LENGTH)
     return N_FFT + (frames - 1) * HOP_LENGTH
@@ -80,7 +86,7 @@ def check_input_length(x: torch.Tensor, min_samples: int, model_name: str) -> No
 class MeanNormalisedFbank(nn.Module):
     """Waveform [B, samples] -> log mel filterbank [B, n_mels, frames] minus each utterance's mean over time.
 
-    The front end of the fbank models (ECAPA_TDNN, ResNet34/221/293, CAMPPlus): 25 ms Hamming window, 10 ms hop,
+    The fbank models' default front end (--frontend logmel): 25 ms Hamming window, 10 ms hop,
     512-point FFT, mel power with a 1e-6 floor before the log, mean normalisation only (no variance scaling).
     Computed in float32 with autocast disabled and without gradient, batched with plain torch/torchaudio ops.
     """
@@ -88,6 +94,14 @@ class MeanNormalisedFbank(nn.Module):
     def __init__(self, n_mels: int = 80) -> None:
         super().__init__()
         self.mel = mel_filterbank(n_mels, window_fn=torch.hamming_window)
+
+    def frames(self, samples: int) -> int:
+        """Frames of the features of `samples` samples (centred frames; reflect padding needs n_fft // 2 + 1)."""
+        return samples // HOP_LENGTH + 1 if samples > N_FFT // 2 else 0
+
+    def min_samples(self, frames: int) -> int:
+        """The shortest input that gives at least `frames` frames."""
+        return max(N_FFT // 2 + 1, (frames - 1) * HOP_LENGTH)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features of a [B, samples] waveform batch."""

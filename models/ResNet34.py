@@ -1,17 +1,21 @@
 """ResNet34 (wespeaker): basic blocks 3-4-6-3, widths 32-256, statistics pooling, one linear embedding.
 
 Runs on a mean-normalised fbank (the recipes set --n_mels 80 and --nOut 256). The pooling is chosen with
---pooling (TSTP or ASTP); --encoder_type and --log_input are ignored (the features are always log mel).
+--pooling (TSTP, ASTP and wespeaker's other poolings), with --two_emb_layer for a second embedding layer;
+--encoder_type and --log_input are ignored (the features are always log mel).
 """
 from __future__ import annotations
 
 from torch import nn
 
-from models.ResNetFamily import POOLING_OPTION, BasicBlock, FbankResNet
+from models.Fbanks import frontend_settings
+from models.ResNetFamily import RESNET_OPTIONS, BasicBlock, FbankResNet
 
-OPTIONS = {"pooling": POOLING_OPTION}
+OPTIONS = dict(RESNET_OPTIONS)
 
 
-def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", **kwargs) -> nn.Module:
+def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", two_emb_layer: bool = False,
+              **kwargs) -> nn.Module:
     """Build ResNet34 (6.63M parameters with 80 mels, nOut 256 and TSTP)."""
-    return FbankResNet(BasicBlock, [3, 4, 6, 3], nOut, n_mels, pooling, "ResNet34")
+    return FbankResNet(BasicBlock, [3, 4, 6, 3], nOut, n_mels, pooling, "ResNet34", two_emb_layer,
+                       **frontend_settings(kwargs))

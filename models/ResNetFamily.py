@@ -8,14 +8,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.FrontEnd import MeanNormalisedFbank, check_input_length, conv_length, min_samples_for
+from models.Fbanks import build_frontend
+from models.FrontEnd import check_input_length, conv_length, min_frames_for
 from models.ResNetBlocks import make_layer
 from models.StatsPooling import statistics_pooling
 
 BASE_WIDTH = 32  # channels of the stem and the first stage; stages 2-4 double it each time
-# The option ResNet34, ResNet221 and ResNet293 declare (their OPTIONS): the temporal pooling.
-POOLING_OPTION = (str, "TSTP", "ResNet34/221/293: temporal pooling, TSTP (mean and std over time) or ASTP "
-                               "(attentive statistics)")
+# The options ResNet34, ResNet221 and ResNet293 declare (their OPTIONS): the temporal pooling and the embedding.
+RESNET_OPTIONS = {
+    "pooling": (str, "TSTP", "ResNet34/152/221/293: temporal pooling: TSTP (mean and std over time), ASTP (attentive "
+                             "statistics), TAP (mean), TSDP (std), MHASTP (2-head attentive), MQMHASTP (2 queries "
+                             "of 8 channel-wise heads), as wespeaker's ResNets"),
+    "two_emb_layer": (bool, False, "ResNet34/152/221/293: a second embedding layer (linear, ReLU, BatchNorm without "
+                                   "affine, linear) as wespeaker's two_emb_layer; the embedding is its output"),
+}
 
 
 class BasicBlock(nn.Module):
@@ -73,14 +79,17 @@ def halved_three_times(size: int) -> int:
 
 
 class FbankResNet(nn.Module):
-    """Waveform -> fbank [B, 1, n_mels, T] -> 3x3 stem -> four stages (stride 2 in 2-4) -> TSTP/ASTP -> linear."""
+    """Waveform -> fbank [B, 1, n_mels, T] -> 3x3 stem -> four stages (stride 2 in 2-4) -> pooling -> linear (-> ReLU,
+    BatchNorm, linear with two_emb_layer)."""
+
+    takes_frontend = True
 
     def __init__(self, block: type[nn.Module], layers: list[int], nOut: int, n_mels: int, pooling: str,
-                 model_name: str) -> None:
+                 model_name: str, two_emb_layer: bool = False, **frontend) -> None:
         super().__init__()
         self.model_name = model_name
         widths = [BASE_WIDTH * 2 ** stage for stage in range(4)]
-        self.fbank = MeanNormalisedFbank(n_mels)
+        self.fbank = build_frontend(n_mels, **frontend)
         self.conv1 = nn.Conv2d(1, BASE_WIDTH, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(BASE_WIDTH)
         self.relu = nn.ReLU(inplace=True)
@@ -91,12 +100,14 @@ class FbankResNet(nn.Module):
         self.pool = statistics_pooling(pooling, widths[3] * block.expansion * halved_three_times(n_mels),
                                        model_name)
         self.embedding = nn.Linear(self.pool.out_dim, nOut)
+        self.second_embedding = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(nOut, affine=False),
+                                              nn.Linear(nOut, nOut)) if two_emb_layer else nn.Identity()
         # the pooled time std needs two frames after the three time strides
-        self.min_samples = min_samples_for(lambda frames: halved_three_times(frames) - 1)
+        self.min_samples = self.fbank.min_samples(min_frames_for(lambda frames: halved_three_times(frames) - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Waveform [B, samples] -> embedding [B, nOut]."""
         check_input_length(x, self.min_samples, self.model_name)
         x = self.relu(self.bn1(self.conv1(self.fbank(x).unsqueeze(1))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.embedding(self.pool(x))
+        return self.second_embedding(self.embedding(self.pool(x)))

@@ -6,6 +6,17 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from runtime.errors import ConfigError
+
+
+def check_output_file(output: str, flag: str = "--output") -> None:
+    """Refuse an output file whose folder does not exist, or that names a folder."""
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"The folder of {flag} {output} does not exist; create {folder} first")
+    if os.path.isdir(output):
+        raise ConfigError(f"{flag} {output} is a folder; give a file name")
+
 
 def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name beside `path`: hidden, never matched by the checkpoint pattern model0*.model.

@@ -30,13 +30,17 @@ def weights_hash(weights: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def package_content(weights: dict[str, torch.Tensor], settings: dict) -> dict:
-    """A package of the embedding model's tensors (`__S__.` keys only) and its plain-valued settings."""
+def package_content(weights: dict[str, torch.Tensor], settings: dict, provenance: dict | None = None) -> dict:
+    """A package of the embedding model's tensors (`__S__.` keys only), its plain-valued settings and, for an
+    imported release, where it came from (toolkit, network, files and their sha256)."""
     model = {name: tensor.detach().cpu().clone() for name, tensor in weights.items() if name.startswith(MODEL_PREFIX)}
     if not model:
         raise PackageError(f"No {MODEL_PREFIX} (embedding model) tensors to package")
     plain = {name: value for name, value in settings.items() if isinstance(value, (str, int, float, bool))}
-    return {"format": PACKAGE_TAG, "args": plain, "weights": model, "sha256": weights_hash(model)}
+    content = {"format": PACKAGE_TAG, "args": plain, "weights": model, "sha256": weights_hash(model)}
+    if provenance:
+        content["provenance"] = provenance
+    return content
 
 
 def package_settings(path: str) -> dict:

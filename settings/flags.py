@@ -13,8 +13,8 @@ LIST_KEYS = ("test_list",)  # keys whose YAML value may be a list (joined with c
 # Smallest accepted value of numeric flags; checked after the YAML is applied.
 MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk": 1, "nDataLoaderThread": 0,
            "test_interval": 1, "max_epoch": 1, "nPerSpeaker": 1, "nClasses": 1, "num_eval": 1, "n_mels": 1,
-           "nOut": 1, "weight_decay": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1, "nproc": 0, "gpu_id": 0,
-           "freeze_backbone_epochs": 0, "backbone_lr_factor": 0}
+           "nOut": 1, "weight_decay": 0, "length_tolerance": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1,
+           "nproc": 0, "gpu_id": 0, "freeze_backbone_epochs": 0, "backbone_lr_factor": 0}
 POSITIVE = ("lr", "lr_decay", "scale")
 
 
@@ -118,6 +118,20 @@ FLAG_GROUPS = {
         ("encoder_type", str, "SAP", "pooling: SAP, ASP (ResNets), TAP, MAX (VGGVox)"),
         ("nOut", int, 512, "embedding size"),
     ],
+    "Front end (fbank models)": [
+        ("frontend", str, "logmel", "features of ECAPA_TDNN, ResNet34/221/293 and CAMPPlus: logmel (torchaudio log "
+                                    "mel), kaldi (Kaldi's fbank, as wespeaker and 3D-Speaker) or speechbrain "
+                                    "(SpeechBrain's Fbank)"),
+        ("frontend_window", str, None, "kaldi, speechbrain: window povey, hamming, hann, rectangular or blackman "
+                                       "(Kaldi's formulas; symmetric for kaldi, periodic for speechbrain); default "
+                                       "povey for kaldi, hamming for speechbrain"),
+        ("waveform_scale", float, None, "kaldi, speechbrain: multiply the waveform (read in [-1, 1]) by this first; "
+                                        "wespeaker's models use 32768 (default 1)"),
+        ("preemphasis", float, None, "kaldi: pre-emphasis coefficient from 0 to 1 (default 0.97)"),
+        ("dither", float, None, "kaldi: in training only, Gaussian noise of this standard deviation (waveform-scale "
+                                "units) added to each frame, as Kaldi's --dither (default 0)"),
+        ("mean_norm", bool, None, "kaldi, speechbrain: subtract each utterance's mean over time (default true)"),
+    ],
     "Run mode and hardware": [
         ("eval", bool, False, "evaluate only, then exit"),
         ("port", str, "8888", "MASTER_PORT for distributed training"),
@@ -139,6 +153,10 @@ FLAG_GROUPS = {
                                  "default: --train_list"),
         ("cohort_size", int, 0, "cohort speakers (seeded pick; 0: all speakers of the cohort list)"),
         ("cohort_utterances", int, 10, "utterances averaged per cohort speaker (0: all)"),
+        ("center_embeddings", bool, False, "subtract the mean embedding of the cohort list's utterances (the ones "
+                                           "--cohort_size and --cohort_utterances select) from every embedding "
+                                           "before scoring and score normalisation, as wespeaker's scoring does "
+                                           "with the mean of its training set"),
         ("calibration", str, "", "apply this saved calibration: scores become log-likelihood ratios"),
         ("fit_calibration", str, "", "fit a calibration on the first --test_list and save it to this path"),
         ("calibration_prior", float, 0.5, "target prior the calibration is fitted at"),
@@ -147,6 +165,9 @@ FLAG_GROUPS = {
         ("embeddings_cache", str, "", "file of saved embeddings: reused when model and crop settings match, "
                                       "updated with new files"),
         ("eval_files_per_batch", int, 0, "test files per forward pass (0: 16 on a GPU, 16 crops' worth on a CPU)"),
+        ("length_tolerance", float, 0.05, "--eval_frames 0: whole utterances at most this fraction longer than "
+                                          "a forward pass's shortest are cut to it (centred) and share the pass; "
+                                          "0: equal lengths only, every utterance embedded whole"),
     ],
 }
 

@@ -49,6 +49,12 @@ class ModelSettings:
     easy_margin: bool
     hard_prob: float
     hard_rank: int
+    frontend: str
+    frontend_window: str | None  # None: each front end's own default
+    waveform_scale: float | None
+    preemphasis: float | None
+    dither: float | None
+    mean_norm: bool | None
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,14 @@ class EvaluationSettings:
     cohort_path: str  # --train_path: the root of the cohort list's paths
     cohort_size: int
     cohort_utterances: int
+    center_embeddings: bool
     calibration: str
     fit_calibration: str
     calibration_prior: float
     calibration_quality: str
     embeddings_cache: str
     eval_files_per_batch: int
+    length_tolerance: float
     workers: int  # --nDataLoaderThread
 
     @classmethod

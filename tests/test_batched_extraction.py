@@ -79,3 +79,34 @@ def test_embed_cli_batches_by_length_with_workers(net, uneven_files, tmp_path):
         assert cosine > 0.999
     assert embedSpeaker.main(["embed", root, "--output", str(tmp_path / "x.npz"), "--length_tolerance", "-1",
                               *flags]) == 1
+
+
+def test_evaluation_batches_whole_utterances_by_length(net, uneven_files, tmp_path):
+    """--eval --eval_frames 0 groups utterances within --length_tolerance (the cache records the tolerance);
+    --length_tolerance 0 embeds every utterance whole, exactly as one at a time."""
+    from evaluation import embed_paths
+    from settings.sections import EvaluationSettings
+
+    root, names = uneven_files
+    passes = []
+    hook = net.register_forward_hook(lambda module, inputs, output: passes.append(inputs[0].shape[0]))
+    try:
+        def embed(tolerance: float, cache: str) -> dict:
+            settings = EvaluationSettings.from_flags(dict(eval_frames=0, num_eval=1, nDataLoaderThread=0,
+                                                          length_tolerance=tolerance, eval_files_per_batch=8,
+                                                          embeddings_cache=str(tmp_path / cache)))
+            passes.clear()
+            return embed_paths(net, {root: names}, settings, torch.device("cpu"), None)
+        grouped = embed(0.1, "grouped.pt")
+        grouped_passes = len(passes)
+        exact = embed(0.0, "exact.pt")
+        exact_passes = len(passes)
+    finally:
+        hook.remove()
+    single, _ = embed_counting_passes(net, root, names, num_workers=0, files_per_batch=1)
+    assert grouped_passes < 5 < exact_passes
+    for name in names:
+        full = f"{root}/{name}"
+        np.testing.assert_allclose(exact[full].numpy(), single[name].numpy(), rtol=1e-4, atol=1e-5)
+        assert float(F.cosine_similarity(grouped[full], single[name])) > 0.999
+    assert torch.load(tmp_path / "grouped.pt", weights_only=True)["settings"]["length_tolerance"] == 0.1

@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import evaluation
 from evaluation import calibration
@@ -132,3 +133,29 @@ def test_missing_test_files_are_listed(speaker_net, tiny_corpus, tmp_path):
     trial_list.write_text("1 ghost/a.wav ghost/b.wav\n0 ghost/a.wav ghost/c.wav\n")
     with pytest.raises(FileNotFoundError, match=r"(?s)3 of 3 files.*ghost/a.wav"):
         evaluation.run_evaluation(speaker_net, make_args(tiny_corpus, tmp_path, test_list=str(trial_list)))
+
+
+def test_centred_embeddings_score_as_wespeaker(speaker_net, tiny_corpus, tmp_path):
+    """--center_embeddings: every embedding minus the mean of the cohort list's utterance embeddings (all of them
+    with --cohort_utterances 0), then cosine scoring; checked against the same computation done here by hand."""
+    from audio.kaldi_data import read_speaker_list
+    from evaluation.trials import read_trials
+
+    args = make_args(tiny_corpus, tmp_path, "--center_embeddings", "--cohort_utterances", "0", scoring="cosine",
+                     eval_frames=0, num_eval=1)
+    evaluation.run_evaluation(speaker_net, args)
+    scores = np.array([float(row[0]) for row in read_scores(tmp_path / "out" / "scores.txt")])
+    _, cohort_paths = read_speaker_list(tiny_corpus["train_list"], tiny_corpus["train_path"])
+    trials = read_trials(tiny_corpus["test_list"], tiny_corpus["test_path"])
+    test_paths = [f"{tiny_corpus['test_path']}/{name}" for name in trials.files]
+    embedded = evaluation.extract_embeddings(speaker_net, cohort_paths + test_paths, "", 0, 1, 0, "cpu")
+    assert len(cohort_paths) == 24  # every utterance of every training speaker
+    mean = torch.stack([embedded[path][0] for path in cohort_paths]).mean(dim=0)
+    vector = {name: F.normalize(embedded[f"{tiny_corpus['test_path']}/{name}"][0] - mean, dim=0)
+              for name in trials.files}
+    expected = [float(vector[enrol] @ vector[test]) for enrol, test in zip(trials.enrol, trials.test)]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    plain = make_args(tiny_corpus, tmp_path, scoring="cosine", eval_frames=0, num_eval=1,
+                      score_file=str(tmp_path / "plain.txt"))
+    evaluation.run_evaluation(speaker_net, plain)
+    assert not np.allclose([float(row[0]) for row in read_scores(tmp_path / "plain.txt")], scores, atol=1e-3)

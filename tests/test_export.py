@@ -145,7 +145,7 @@ SHORT_CLIPS = (1.0, 1.3, 1.1)  # seconds: tracing example, then the two checked 
 EXPORT_SETTINGS = {
     "ResNetSE34L": {}, "ResNetSE34": {}, "ResNetSE34V2": {}, "Res2NetSE34": {}, "VGGVox": {}, "VGGVox40": {},
     "RawNet3": {"encoder_type": "ECA"}, "ECAPA_TDNN": {"channels": 16, "n_mels": 80}, "CAMPPlus": {"n_mels": 80},
-    "ResNet34": {"n_mels": 80}, "ResNet221": {"n_mels": 80}, "ResNet293": {"n_mels": 80},
+    "ResNet34": {"n_mels": 80}, "ResNet152": {"n_mels": 80}, "ResNet221": {"n_mels": 80}, "ResNet293": {"n_mels": 80},
 }
 FAST = {("ResNetSE34L", "onnx")}  # the unit tier; the rest is integration
 
@@ -177,6 +177,27 @@ def test_export_matches_pytorch(model, kind, tmp_path):
         assert graph.opset_import[0].version == OPSET
         settings = json.loads({prop.key: prop.value for prop in graph.metadata_props}["speakernet"])
         assert settings["model"] == model and settings["test_normalize"] is True
+
+
+FRONT_END_CASES = {  # the fbank models' other front ends; dither must be off in the exported graph
+    "kaldi": {"frontend": "kaldi", "frontend_window": "hamming", "waveform_scale": 32768.0, "dither": 1.0},
+    "speechbrain": {"frontend": "speechbrain"},
+}
+
+
+@pytest.mark.parametrize("kind", ["onnx", pytest.param("torchscript", marks=integration)])
+@pytest.mark.parametrize("front_end", FRONT_END_CASES)
+def test_export_of_other_front_ends_matches_pytorch(front_end, kind, tmp_path):
+    torch.manual_seed(0)
+    net = SpeakerNet(model="ECAPA_TDNN", trainfunc="angleproto", nOut=32, channels=16, n_mels=80,
+                     **FRONT_END_CASES[front_end]).eval()
+    output = tmp_path / f"model.{kind}"
+    parity = export_model(net, {"model": "ECAPA_TDNN", **FRONT_END_CASES[front_end]}, kind, str(output),
+                          seconds=SHORT_CLIPS)
+    assert parity.min_cosine >= MIN_COSINE and parity.max_abs_diff < 1e-3
+    if kind == "onnx":
+        ops = {node.op_type for node in onnx.load(str(output)).graph.node}
+        assert not ops & {"DFT", "STFT", "RandomNormal", "RandomNormalLike"}, ops
 
 
 @integration

@@ -112,15 +112,62 @@ def test_too_short_input_names_the_minimum(key, minimum):
             model(waves(minimum - 1, batch=1))
 
 
-def test_resnet_with_attentive_pooling_runs():
-    model = build("ResNet34", pooling="ASTP").eval()
+@pytest.mark.parametrize("pooling, pooled", [("TSTP", 2 * 2560), ("TAP", 2560), ("TSDP", 2560), ("ASTP", 2 * 2560),
+                                             ("MHASTP", 2 * 2560), ("MQMHASTP", 4 * 2560)])
+def test_resnet_poolings_run_with_their_widths(pooling, pooled):
+    """Every wespeaker pooling feeds the embedding its own width (ResNet34 at 80 mels: 256 x 10 channels)."""
+    model = build("ResNet34", pooling=pooling).eval()
+    assert model.embedding.in_features == pooled
     with torch.no_grad():
         assert model(waves(ODD_SAMPLES)).shape == (2, 256)
 
 
+def test_second_embedding_layer():
+    """--two_emb_layer: linear -> ReLU -> BatchNorm without affine -> linear; the embedding is the last output."""
+    model = build("ResNet34", two_emb_layer=True).eval()
+    assert [type(layer).__name__ for layer in model.second_embedding] == ["ReLU", "BatchNorm1d", "Linear"]
+    assert count_parameters(model) == 6_634_336 + 256 * 256 + 256
+    with torch.no_grad():
+        first = model.embedding(model.pool(torch.randn(2, 256, 10, 4)))
+        bn = model.second_embedding[1]
+        expected = model.second_embedding[2]((first.relu() - bn.running_mean) / (bn.running_var + bn.eps).sqrt())
+        torch.testing.assert_close(model.second_embedding(first), expected)
+
+
+def test_speechbrain_ecapa_variant():
+    """SpeechBrain's ECAPA: 3072 aggregated channels, BatchNorm after the aggregation and in the attention, reflect
+    padding (five frames at least), the first Res2Net group passed through unchanged."""
+    model = build("ECAPA_TDNN-c1024", ecapa_variant="speechbrain", aggregation_channels=3072).eval()
+    assert model.aggregate.out_channels == 3072 and model.aggregate_bn.num_features == 3072
+    assert model.pool.attention_bn.num_features == 128 and model.bn.num_features == 6144
+    assert model.layer1[0].padding_mode == "reflect" and model.min_samples == 4 * 160  # five centred frames
+    res2 = model.blocks[0].body[1]
+    x = torch.randn(1, 1024, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(res2(x)[:, :128], x[:, :128])
+        assert torch.isfinite(model(waves(model.min_samples, batch=1))).all()
+    with pytest.raises(ValueError, match="undefined --ecapa_variant 'kaldi'"):
+        build("ECAPA_TDNN-c512", ecapa_variant="kaldi")
+
+
+def test_campplus_variance_floor():
+    """--variance_floor 0 pools the plain standard deviation (3D-Speaker), 1e-7 adds it to the variance."""
+    x = torch.randn(2, 6, 20)
+    plain = build("CAMPPlus", variance_floor=0.0).pool(x)
+    torch.testing.assert_close(plain[:, 6:], x.std(dim=-1))
+    floored = build("CAMPPlus").pool(x)
+    torch.testing.assert_close(floored[:, 6:], (x.var(dim=-1) + 1e-7).sqrt())
+
+
+def test_resnet152_size():
+    """wespeaker's ResNet152 (bottleneck blocks 3-8-36-3); wespeaker publishes no size for it."""
+    model = import_module("models.ResNet152").MainModel(**CLI_NOISE, nOut=256)
+    assert count_parameters(model) == 19_814_880
+
+
 @pytest.mark.parametrize("name", ["ResNet34", "ResNet221", "ResNet293"])
 def test_unknown_pooling_lists_choices(name):
-    with pytest.raises(ValueError, match="undefined pooling 'SAP'; choose one of TSTP, ASTP"):
+    with pytest.raises(ValueError, match="undefined pooling 'SAP'; choose one of TSTP, ASTP, TAP, TSDP, MHASTP"):
         import_module(f"models.{name}").MainModel(**CLI_NOISE, pooling="SAP")
 
 
@@ -248,22 +295,25 @@ def test_models_are_found_and_helpers_are_not():
 
 
 @pytest.mark.parametrize("name, option, default", [
-    ("ECAPA_TDNN", "channels", 512),
+    ("ECAPA_TDNN", "channels", 512), ("ECAPA_TDNN", "aggregation_channels", 1536),
+    ("ECAPA_TDNN", "global_context", True), ("ECAPA_TDNN", "ecapa_variant", "wespeaker"),
     ("ResNet34", "pooling", "TSTP"), ("ResNet221", "pooling", "TSTP"), ("ResNet293", "pooling", "TSTP"),
+    ("ResNet152", "two_emb_layer", False), ("CAMPPlus", "variance_floor", 1e-7),
 ])
 def test_declared_options_match_main_model(name, option, default):
     """OPTIONS maps name -> (type, default, help); MainModel reads the same keyword with the same default."""
     module = import_module(f"models.{name}")
     kind, declared, help_text = module.OPTIONS[option]
     assert kind in (int, float, str, bool) and isinstance(declared, kind) and declared == default
-    assert help_text.startswith(name) or help_text.startswith("ResNet34/221/293")
+    assert help_text.startswith(name) or help_text.startswith("ResNet34/152/221/293")
     assert inspect.signature(module.MainModel).parameters[option].default == default
 
 
 def test_resnet_pooling_help_is_shared():
     """The three ResNets declare one --pooling flag, so their declarations must agree."""
-    options = {name: import_module(f"models.{name}").OPTIONS for name in ("ResNet34", "ResNet221", "ResNet293")}
-    assert options["ResNet34"] == options["ResNet221"] == options["ResNet293"]
+    options = {name: import_module(f"models.{name}").OPTIONS for name in ("ResNet34", "ResNet152", "ResNet221",
+                                                                          "ResNet293")}
+    assert options["ResNet34"] == options["ResNet152"] == options["ResNet221"] == options["ResNet293"]
 
 
 @pytest.mark.integration

@@ -1,0 +1,21 @@
+"""ResNet152 (wespeaker): bottleneck blocks 3-8-36-3, widths 32-256 (x4), statistics pooling, linear embedding.
+
+Runs on a mean-normalised fbank (wespeaker's released model: --n_mels 80 and --nOut 256). The pooling is chosen
+with --pooling (TSTP, ASTP and wespeaker's other poolings), with --two_emb_layer for a second embedding layer;
+--encoder_type and --log_input are ignored (the features are always log mel).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from models.Fbanks import frontend_settings
+from models.ResNetFamily import RESNET_OPTIONS, Bottleneck, FbankResNet
+
+OPTIONS = dict(RESNET_OPTIONS)
+
+
+def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", two_emb_layer: bool = False,
+              **kwargs) -> nn.Module:
+    """Build ResNet152 (bottleneck blocks; see docs/models-and-losses.md for its size)."""
+    return FbankResNet(Bottleneck, [3, 8, 36, 3], nOut, n_mels, pooling, "ResNet152", two_emb_layer,
+                       **frontend_settings(kwargs))
