@@ -8,12 +8,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from peer_releases import load_case, write_release
 from test_distributed import free_port
 from test_train_cli import epoch_log, run_cli
 from test_user_errors import stop_line
 
 import arguments
 import DatasetLoader
+import importModel
 import trainSpeakerNet
 from runtime import checkpoints, distributed, packages
 from runtime.errors import ConfigError, DataError
@@ -112,6 +114,24 @@ def test_fine_tuning_loads_the_whole_embedding_model_and_a_fresh_head(tiny_corpu
     output = capsys.readouterr().out
     assert (f"Starting from {package}: the embedding model (__S__) is loaded from it ({len(saved)} tensors); "
             "the loss head (__L__) starts fresh") in output
+
+
+def test_an_imported_release_fine_tunes_with_its_front_end(tmp_path, capsys):
+    release = write_release(load_case("wespeaker_resnet34"), tmp_path / "release")
+    package = tmp_path / "imported.pkg"
+    assert importModel.main(["--from", "wespeaker", "--checkpoint", str(release), "--output", str(package)]) == 0
+    saved = packages.package_settings(str(package))
+    settings = arguments.parse_settings(["--initial_model", str(package), "--trainfunc", "softmax",
+                                         "--nClasses", "6", "--save_path", str(tmp_path / "exp")])
+    front_end = ("frontend", "frontend_window", "waveform_scale", "dither", "mean_norm")
+    assert {name: settings.flags[name] for name in front_end} == {name: saved[name] for name in front_end}
+    assert settings.flags["frontend"] == "kaldi" and settings.model.model == "ResNet34"
+    assert (settings.model.nClasses, settings.evaluation.eval_frames, settings.evaluation.scoring) == (
+        6, 300, "original")
+    trainer = ModelTrainer.from_settings(WrappedModel(SpeakerNet(**settings.flags)), settings.optimisation,
+                                         torch.device("cpu"), settings.flags, distributed.Context())
+    trainSpeakerNet.start_point(trainer, settings.run, distributed.Context())
+    assert "the embedding model (__S__) is loaded from it (218 tensors)" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- freezing the embedding model
