@@ -41,7 +41,8 @@ def run(argv: list[str]) -> int:
     net, settings = load_speaker_net(args.initial_model, args.config, torch.device("cpu"), overrides)
     model_settings = {name: settings[name] for name in MODEL_SETTINGS if name in settings}
     if args.format == "package":
-        content = packages.package_content(net.state_dict(), model_settings)
+        content = packages.package_content(net.state_dict(), model_settings,
+                                           packages.package_entry(args.initial_model, "provenance"))
         checkpoints.write_atomically(content, args.output)
         size = os.path.getsize(args.output) / 2 ** 20
         print(f"Wrote the {settings['model']} package {args.output} ({len(content['weights'])} tensors, "

@@ -43,13 +43,19 @@ def package_content(weights: dict[str, torch.Tensor], settings: dict, provenance
     return content
 
 
-def package_settings(path: str) -> dict:
-    """The saved settings of the package at `path`; {} for any other file (its loader reports what is wrong)."""
+def package_entry(path: str, key: str) -> dict:
+    """One dict entry ("args", "provenance") of the package at `path`; {} for any other file or a package without
+    it (its loader reports what is wrong with the file)."""
     try:
         content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a package: a legacy-format checkpoint, a missing or damaged file
         return {}
-    return dict(content["args"]) if isinstance(content, dict) and is_package(content) else {}
+    return dict(content.get(key) or {}) if isinstance(content, dict) and is_package(content) else {}
+
+
+def package_settings(path: str) -> dict:
+    """The saved settings of the package at `path`; {} for any other file."""
+    return package_entry(path, "args")
 
 
 def verified_weights(content: dict, path: str) -> dict[str, torch.Tensor]:
