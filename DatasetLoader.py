@@ -32,7 +32,14 @@ from audio.reading import (  # noqa: F401 (loadWAV is part of the API)
     load_crops,
     loadWAV,
 )
-from audio.training_crops import SPEED_FACTORS, TrainingCrops, expand_speakers, item_rng
+from audio.training_crops import (
+    SPEED_FACTORS,
+    TrainingCrops,
+    draw_item_speed,
+    expand_speakers,
+    item_rng,
+    listed_speeds,
+)
 from runtime import distributed
 from runtime.errors import ConfigError, DataError
 from runtime.loader_workers import batches, ignore_stop_signals  # noqa: F401 (batches: loops over loaders use it)
@@ -42,11 +49,15 @@ SAMPLERS = ("balanced", "shuffled")  # --sampler
 
 
 class train_dataset_loader(torch.utils.data.Dataset):
-    """Training crops; an item is a list of indices (one sampler group) -> (`[len, max_audio]`, label)."""
+    """Training crops; an item is a list of indices (one sampler group) -> (`[len, max_audio]`, label).
+
+    With --speed_perturb_mode per_epoch the utterances are listed once, with the speakers' own labels (what the
+    sampler groups by); each item draws its speed and returns the label of the speaker at that speed."""
 
     def __init__(self, train_list: str, augment: bool, musan_path: str, rir_path: str, max_frames: int,
                  train_path: str, seed: int = 10, nPerSpeaker: int = 1, skip_bad_audio: bool = False,
-                 check_files: bool = True, speed_perturb: bool = False, spec_augment: bool = False, **kwargs):
+                 check_files: bool = True, speed_perturb: bool = False, spec_augment: bool = False,
+                 speed_perturb_mode: str = "expand", **kwargs):
         self.max_frames = max_frames
         self.seed = seed
         self.skip_bad_audio = skip_bad_audio
@@ -57,7 +68,11 @@ class train_dataset_loader(torch.utils.data.Dataset):
         if check_files:  # False when the caller has already checked them
             check_files_exist(paths, train_list, "--train_path", train_path)
         self.data_list, self.data_label, self.data_speed, self.speakers = expand_speakers(
-            paths, speakers, SPEED_FACTORS if speed_perturb else (1.0,))
+            paths, speakers, listed_speeds(speed_perturb, speed_perturb_mode))
+        self.speed_per_item = speed_perturb and speed_perturb_mode == "per_epoch"
+        self.listed_speakers = len(self.speakers)  # the label shift of one speed step (per_epoch)
+        if self.speed_per_item:
+            self.speakers = expand_speakers([], speakers, SPEED_FACTORS)[3]
         self.speaker_items = collections.defaultdict(list)
         for index, label in enumerate(self.data_label):
             self.speaker_items[label].append(index)
@@ -68,7 +83,7 @@ class train_dataset_loader(torch.utils.data.Dataset):
     def _report_small_speakers(self, train_list: str, n_per_speaker: int) -> None:
         small = [self.speakers[label] for label, items in self.speaker_items.items() if len(items) < n_per_speaker]
         if small:
-            warnings.warn(f"{len(small)} of {len(self.speakers)} speakers in {train_list} have fewer than "
+            warnings.warn(f"{len(small)} of {self.listed_speakers} speakers in {train_list} have fewer than "
                           f"nPerSpeaker={n_per_speaker} utterances and are never sampled: "
                           f"{', '.join(small[:5])}{' ...' if len(small) > 5 else ''}", stacklevel=3)
 
@@ -86,14 +101,16 @@ class train_dataset_loader(torch.utils.data.Dataset):
 
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, int]:
         rng = item_rng(self.seed, self.epoch, indices[0])
-        crops = [self.crops.finish(self._read_crop(index, rng), rng) for index in indices]
-        return torch.from_numpy(np.concatenate(crops, axis=0)), self.data_label[indices[-1]]
+        speed, shift = (draw_item_speed(rng, self.listed_speakers) if self.speed_per_item
+                        else (self.data_speed[indices[0]], 0))
+        crops = [self.crops.finish(self._read_crop(index, speed, rng), rng) for index in indices]
+        return torch.from_numpy(np.concatenate(crops, axis=0)), self.data_label[indices[-1]] + shift
 
-    def _read_crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
+    def _read_crop(self, index: int, speed: float, rng: np.random.Generator) -> np.ndarray:
         tried = set()
         while True:
             try:
-                return self.crops.crop(self.data_list[index], self.data_speed[index], rng.random())
+                return self.crops.crop(self.data_list[index], speed, rng.random())
             except AudioReadError as error:
                 if not self.skip_bad_audio:
                     raise AudioReadError(f"{error}. Remove it from the list, or pass --skip_bad_audio to replace "

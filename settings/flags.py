@@ -52,6 +52,10 @@ FLAG_GROUPS = {
                                         "(counted) instead of stopping"),
         ("speed_perturb", bool, False, "each training speaker also at 0.9 and 1.1 speed as two new speakers "
                                        "(3x the classes: set --nClasses to 3x the speakers)"),
+        ("speed_perturb_mode", str, "expand", "--speed_perturb: expand (every utterance at all three speeds, 3x the "
+                                              "epoch) or per_epoch (wespeaker's: one random speed per batch item and "
+                                              "epoch, the epoch keeps its size); --nClasses is 3x the speakers "
+                                              "either way"),
         ("spec_augment", bool, False, "SpecAugment-style masks: 2 frequency bands and 2 time spans of each "
                                       "training crop zeroed in its spectrum"),
         ("sampler", str, "balanced", "training batches: balanced (batch_size different speakers) or shuffled "

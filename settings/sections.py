@@ -28,6 +28,7 @@ class DataSettings:
     seed: int
     skip_bad_audio: bool
     speed_perturb: bool
+    speed_perturb_mode: str  # expand or per_epoch
     spec_augment: bool
     sampler: str  # balanced or shuffled (--train_list only)
 
