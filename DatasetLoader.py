@@ -15,13 +15,17 @@ import torch
 from audio import shard_stream
 from audio.augmentation import (  # noqa: F401 (the original's names and the augmentation's tables)
     AUGMENT_TYPES,
+    LARGE_ROOMS,
     NOISE_COUNT,
     NOISE_SNR,
     AugmentWAV,
+    check_mix,
     draw_augment_type,
     draw_noises,
+    make_augmenter,
     musan_index,
     rir_index,
+    room_type,
 )
 from audio.effects import convolve_rir, mix_noises  # noqa: F401 (the original's module held them)
 from audio.file_lists import check_files_exist
@@ -57,7 +61,8 @@ class train_dataset_loader(torch.utils.data.Dataset):
     def __init__(self, train_list: str, augment: bool, musan_path: str, rir_path: str, max_frames: int,
                  train_path: str, seed: int = 10, nPerSpeaker: int = 1, skip_bad_audio: bool = False,
                  check_files: bool = True, speed_perturb: bool = False, spec_augment: bool = False,
-                 speed_perturb_mode: str = "expand", **kwargs):
+                 speed_perturb_mode: str = "expand", augment_mix: str = "original", augment_prob: float = 0.6,
+                 **kwargs):
         self.max_frames = max_frames
         self.seed = seed
         self.skip_bad_audio = skip_bad_audio
@@ -77,7 +82,8 @@ class train_dataset_loader(torch.utils.data.Dataset):
         for index, label in enumerate(self.data_label):
             self.speaker_items[label].append(index)
         self._report_small_speakers(train_list, nPerSpeaker)
-        self.augmenter = AugmentWAV(musan_path, rir_path, max_frames, self.stats) if augment else None
+        self.augmenter = (make_augmenter(augment_mix, musan_path, rir_path, max_frames, self.stats, augment_prob)
+                          if augment else None)
         self.crops = TrainingCrops(max_frames, self.augmenter, spec_augment, self.stats)
 
     def _report_small_speakers(self, train_list: str, n_per_speaker: int) -> None:
@@ -168,6 +174,7 @@ def check_training_data(data, world_size: int, classifies_speakers: bool = False
     if data.max_seg_per_spk < data.nPerSpeaker:
         raise DataError(f"--max_seg_per_spk {data.max_seg_per_spk} is below --nPerSpeaker {data.nPerSpeaker}: "
                         "no speaker can fill a batch item")
+    check_mix(data.augment_mix, data.augment_prob)
     if data.train_shards:
         return shard_stream.check_stream(data, world_size), data
     dataset = train_dataset_loader(**{**asdict(data), "augment": False})
@@ -188,10 +195,13 @@ def check_training_data(data, world_size: int, classifies_speakers: bool = False
     return len(dataset.speakers), data
 
 
-def check_augmentation_data(musan_path: str, rir_path: str) -> None:
-    """Check that --augment finds MUSAN and the RIRs."""
+def check_augmentation_data(musan_path: str, rir_path: str, augment_mix: str = "original") -> None:
+    """Check that --augment finds MUSAN and the RIRs of its mix; warn when the wespeaker mix finds no large rooms."""
     musan_index(os.path.normpath(musan_path))
-    rir_index(os.path.normpath(rir_path))
+    rirs = rir_index(os.path.normpath(rir_path))
+    if augment_mix == "wespeaker" and not any(room_type(path) == LARGE_ROOMS for path in rirs):
+        warnings.warn(f"--augment_mix wespeaker: no {LARGE_ROOMS} RIRs in {rir_path}, so reverberation uses the other "
+                      "rooms only; run `python dataprep.py --augment` again to extract them", stacklevel=2)
 
 
 def round_down(value: int, divisor: int) -> int:

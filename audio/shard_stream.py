@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from audio.augmentation import AugmentWAV
+from audio.augmentation import make_augmenter
 from audio.reading import AudioBytes, AudioReadError, LoaderStats
 from audio.shard_files import ShardSet, open_shards, read_shard
 from audio.training_crops import SPEED_FACTORS, TrainingCrops, draw_item_speed, expand_speakers, item_rng, listed_speeds
@@ -59,7 +59,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, train_shards: str, max_frames: int, batch_size: int, nPerSpeaker: int, max_seg_per_spk: int,
                  nDataLoaderThread: int, augment: bool, musan_path: str, rir_path: str, seed: int,
                  skip_bad_audio: bool = False, speed_perturb: bool = False, spec_augment: bool = False,
-                 speed_perturb_mode: str = "expand", rank: int = 0, world_size: int = 1, **kwargs):
+                 speed_perturb_mode: str = "expand", augment_mix: str = "original", augment_prob: float = 0.6,
+                 rank: int = 0, world_size: int = 1, **kwargs):
         self.shards: ShardSet = open_shards(train_shards)
         self.batch_size, self.n_per_speaker, self.max_seg_per_spk = batch_size, nPerSpeaker, max_seg_per_spk
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -70,7 +71,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.label_of = {speaker: label for label, speaker in enumerate(self.shards.speakers)}
         self.speakers = expand_speakers([], self.shards.speakers, SPEED_FACTORS if speed_perturb else (1.0,))[3]
         self.stats = LoaderStats()
-        augmenter = AugmentWAV(musan_path, rir_path, max_frames, self.stats) if augment else None
+        augmenter = (make_augmenter(augment_mix, musan_path, rir_path, max_frames, self.stats, augment_prob)
+                     if augment else None)
         self.crops = TrainingCrops(max_frames, augmenter, spec_augment, self.stats)
         self.epoch, self.skip = 0, 0
         readers = world_size * self.workers

@@ -47,6 +47,11 @@ FLAG_GROUPS = {
         ("max_seg_per_spk", int, 500, "maximum utterances per speaker per epoch"),
         ("nDataLoaderThread", int, 5, "DataLoader worker processes (train and test)"),
         ("augment", bool, False, "online MUSAN/RIR augmentation"),
+        ("augment_mix", str, "original", "--augment: original (per crop 1/5 each of none, reverb, music, babble "
+                                         "of 3-7 speakers, noise; small and medium rooms) or wespeaker (with "
+                                         "probability --augment_prob, half each reverb from any room or one MUSAN "
+                                         "recording, then peak normalisation)"),
+        ("augment_prob", float, 0.6, "--augment_mix wespeaker: probability that a training crop is augmented"),
         ("seed", int, 10, "seed of the sampler, crops and augmentation"),
         ("skip_bad_audio", bool, False, "replace unreadable training files by another of the same speaker "
                                         "(counted) instead of stopping"),

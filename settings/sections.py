@@ -23,6 +23,8 @@ class DataSettings:
     max_seg_per_spk: int
     nDataLoaderThread: int
     augment: bool
+    augment_mix: str  # original or wespeaker
+    augment_prob: float  # the share of crops the wespeaker mix augments
     musan_path: str
     rir_path: str
     seed: int
