@@ -188,7 +188,7 @@ class WespeakerAugment(AugmentWAV):
         return peak_normalise(mix_noises(audio, [noise], [drawn.snr_db]))
 
 
-def make_augmenter(augment_mix: str, musan_path: str, rir_path: str, max_frames: int, stats: LoaderStats,
+def make_augmenter(augment_mix: str, musan_path: str, rir_path: str, max_frames: int, stats: LoaderStats | None,
                    augment_prob: float = 0.6) -> AugmentWAV:
     """The augmenter of --augment_mix (original or wespeaker, the latter augmenting --augment_prob of the crops)."""
     check_mix(augment_mix, augment_prob)
