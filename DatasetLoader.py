@@ -15,13 +15,17 @@ import torch
 from audio import shard_stream
 from audio.augmentation import (  # noqa: F401 (the original's names and the augmentation's tables)
     AUGMENT_TYPES,
+    LARGE_ROOMS,
     NOISE_COUNT,
     NOISE_SNR,
     AugmentWAV,
+    check_mix,
     draw_augment_type,
     draw_noises,
+    make_augmenter,
     musan_index,
     rir_index,
+    room_type,
 )
 from audio.effects import convolve_rir, mix_noises  # noqa: F401 (the original's module held them)
 from audio.file_lists import check_files_exist
@@ -32,7 +36,14 @@ from audio.reading import (  # noqa: F401 (loadWAV is part of the API)
     load_crops,
     loadWAV,
 )
-from audio.training_crops import SPEED_FACTORS, TrainingCrops, expand_speakers, item_rng
+from audio.training_crops import (
+    SPEED_FACTORS,
+    TrainingCrops,
+    draw_item_speed,
+    expand_speakers,
+    item_rng,
+    listed_speeds,
+)
 from runtime import distributed
 from runtime.errors import ConfigError, DataError
 from runtime.loader_workers import batches, ignore_stop_signals  # noqa: F401 (batches: loops over loaders use it)
@@ -42,11 +53,16 @@ SAMPLERS = ("balanced", "shuffled")  # --sampler
 
 
 class train_dataset_loader(torch.utils.data.Dataset):
-    """Training crops; an item is a list of indices (one sampler group) -> (`[len, max_audio]`, label)."""
+    """Training crops; an item is a list of indices (one sampler group) -> (`[len, max_audio]`, label).
+
+    With --speed_perturb_mode per_epoch the utterances are listed once, with the speakers' own labels (what the
+    sampler groups by); each item draws its speed and returns the label of the speaker at that speed."""
 
     def __init__(self, train_list: str, augment: bool, musan_path: str, rir_path: str, max_frames: int,
                  train_path: str, seed: int = 10, nPerSpeaker: int = 1, skip_bad_audio: bool = False,
-                 check_files: bool = True, speed_perturb: bool = False, spec_augment: bool = False, **kwargs):
+                 check_files: bool = True, speed_perturb: bool = False, spec_augment: bool = False,
+                 speed_perturb_mode: str = "expand", augment_mix: str = "original", augment_prob: float = 0.6,
+                 **kwargs):
         self.max_frames = max_frames
         self.seed = seed
         self.skip_bad_audio = skip_bad_audio
@@ -57,18 +73,23 @@ class train_dataset_loader(torch.utils.data.Dataset):
         if check_files:  # False when the caller has already checked them
             check_files_exist(paths, train_list, "--train_path", train_path)
         self.data_list, self.data_label, self.data_speed, self.speakers = expand_speakers(
-            paths, speakers, SPEED_FACTORS if speed_perturb else (1.0,))
+            paths, speakers, listed_speeds(speed_perturb, speed_perturb_mode))
+        self.speed_per_item = speed_perturb and speed_perturb_mode == "per_epoch"
+        self.listed_speakers = len(self.speakers)  # the label shift of one speed step (per_epoch)
+        if self.speed_per_item:
+            self.speakers = expand_speakers([], speakers, SPEED_FACTORS)[3]
         self.speaker_items = collections.defaultdict(list)
         for index, label in enumerate(self.data_label):
             self.speaker_items[label].append(index)
         self._report_small_speakers(train_list, nPerSpeaker)
-        self.augmenter = AugmentWAV(musan_path, rir_path, max_frames, self.stats) if augment else None
+        self.augmenter = (make_augmenter(augment_mix, musan_path, rir_path, max_frames, self.stats, augment_prob)
+                          if augment else None)
         self.crops = TrainingCrops(max_frames, self.augmenter, spec_augment, self.stats)
 
     def _report_small_speakers(self, train_list: str, n_per_speaker: int) -> None:
         small = [self.speakers[label] for label, items in self.speaker_items.items() if len(items) < n_per_speaker]
         if small:
-            warnings.warn(f"{len(small)} of {len(self.speakers)} speakers in {train_list} have fewer than "
+            warnings.warn(f"{len(small)} of {self.listed_speakers} speakers in {train_list} have fewer than "
                           f"nPerSpeaker={n_per_speaker} utterances and are never sampled: "
                           f"{', '.join(small[:5])}{' ...' if len(small) > 5 else ''}", stacklevel=3)
 
@@ -86,14 +107,16 @@ class train_dataset_loader(torch.utils.data.Dataset):
 
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, int]:
         rng = item_rng(self.seed, self.epoch, indices[0])
-        crops = [self.crops.finish(self._read_crop(index, rng), rng) for index in indices]
-        return torch.from_numpy(np.concatenate(crops, axis=0)), self.data_label[indices[-1]]
+        speed, shift = (draw_item_speed(rng, self.listed_speakers) if self.speed_per_item
+                        else (self.data_speed[indices[0]], 0))
+        crops = [self.crops.finish(self._read_crop(index, speed, rng), rng) for index in indices]
+        return torch.from_numpy(np.concatenate(crops, axis=0)), self.data_label[indices[-1]] + shift
 
-    def _read_crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
+    def _read_crop(self, index: int, speed: float, rng: np.random.Generator) -> np.ndarray:
         tried = set()
         while True:
             try:
-                return self.crops.crop(self.data_list[index], self.data_speed[index], rng.random())
+                return self.crops.crop(self.data_list[index], speed, rng.random())
             except AudioReadError as error:
                 if not self.skip_bad_audio:
                     raise AudioReadError(f"{error}. Remove it from the list, or pass --skip_bad_audio to replace "
@@ -151,6 +174,7 @@ def check_training_data(data, world_size: int, classifies_speakers: bool = False
     if data.max_seg_per_spk < data.nPerSpeaker:
         raise DataError(f"--max_seg_per_spk {data.max_seg_per_spk} is below --nPerSpeaker {data.nPerSpeaker}: "
                         "no speaker can fill a batch item")
+    check_mix(data.augment_mix, data.augment_prob)
     if data.train_shards:
         return shard_stream.check_stream(data, world_size), data
     dataset = train_dataset_loader(**{**asdict(data), "augment": False})
@@ -171,10 +195,13 @@ def check_training_data(data, world_size: int, classifies_speakers: bool = False
     return len(dataset.speakers), data
 
 
-def check_augmentation_data(musan_path: str, rir_path: str) -> None:
-    """Check that --augment finds MUSAN and the RIRs."""
+def check_augmentation_data(musan_path: str, rir_path: str, augment_mix: str = "original") -> None:
+    """Check that --augment finds MUSAN and the RIRs of its mix; warn when the wespeaker mix finds no large rooms."""
     musan_index(os.path.normpath(musan_path))
-    rir_index(os.path.normpath(rir_path))
+    rirs = rir_index(os.path.normpath(rir_path))
+    if augment_mix == "wespeaker" and not any(room_type(path) == LARGE_ROOMS for path in rirs):
+        warnings.warn(f"--augment_mix wespeaker: no {LARGE_ROOMS} RIRs in {rir_path}, so reverberation uses the other "
+                      "rooms only; run `python dataprep.py --augment` again to extract them", stacklevel=2)
 
 
 def round_down(value: int, divisor: int) -> int:

@@ -278,7 +278,8 @@ def check_inputs(settings: Settings, main: bool = True) -> Settings:
     check_classes(model.trainfunc, loss, model.nClasses, speakers,
                   settings.data.train_shards or settings.data.train_list)
     if settings.data.augment:
-        DatasetLoader.check_augmentation_data(settings.data.musan_path, settings.data.rir_path)
+        DatasetLoader.check_augmentation_data(settings.data.musan_path, settings.data.rir_path,
+                                              settings.data.augment_mix)
     during_training = replace(settings.evaluation, test_list=settings.evaluation.test_list[:1], score_file="",
                               fit_calibration="", embeddings_cache="")
     trials = evaluation.check_inputs(during_training, main)[0][0]

@@ -1,5 +1,5 @@
-"""Signal effects of augmentation: power in dB, noise mixed at a signal-to-noise ratio, room reverberation, speed
-change and SpecAugment-style spectral masks."""
+"""Signal effects of augmentation: power in dB, noise mixed at a signal-to-noise ratio, peak normalisation, room
+reverberation, speed change and SpecAugment-style spectral masks."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -32,6 +32,11 @@ def mix_noises(audio: np.ndarray, noises: list[np.ndarray], snrs_db: list[float]
     for noise, snr_db in zip(noises, snrs_db):
         mixed += np.float32(noise_gain(clean_db, power_db(noise), snr_db)) * noise
     return mixed
+
+
+def peak_normalise(audio: np.ndarray) -> np.ndarray:
+    """Audio divided by its peak magnitude + 1e-4 (wespeaker's normalisation of an augmented crop)."""
+    return (audio / (np.max(np.abs(audio)) + 1e-4)).astype(np.float32)
 
 
 def convolve_rir(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:

@@ -17,10 +17,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from audio.augmentation import AugmentWAV
+from audio.augmentation import make_augmenter
 from audio.reading import AudioBytes, AudioReadError, LoaderStats
 from audio.shard_files import ShardSet, open_shards, read_shard
-from audio.training_crops import SPEED_FACTORS, TrainingCrops, expand_speakers, item_rng
+from audio.training_crops import SPEED_FACTORS, TrainingCrops, draw_item_speed, expand_speakers, item_rng, listed_speeds
 from runtime.errors import DataError
 
 Group = list[tuple[AudioBytes, float]]  # one speaker's utterances of a batch item, each with its speed
@@ -53,22 +53,26 @@ def speaker_balanced_batches(items: Iterable[tuple[int, tuple]], batch_size: int
 
 class ShardStream(torch.utils.data.IterableDataset):
     """One process's batches `([batch_size, nPerSpeaker, samples], [batch_size] labels)` from --train_shards;
-    labels index the sorted speakers of the index (with --speed_perturb, label + k * speakers at speed k)."""
+    labels index the sorted speakers of the index (with --speed_perturb, label + k * speakers at speed k; with
+    --speed_perturb_mode per_epoch, batches are made of the speakers at speed 1 and each item draws its speed)."""
 
     def __init__(self, train_shards: str, max_frames: int, batch_size: int, nPerSpeaker: int, max_seg_per_spk: int,
                  nDataLoaderThread: int, augment: bool, musan_path: str, rir_path: str, seed: int,
                  skip_bad_audio: bool = False, speed_perturb: bool = False, spec_augment: bool = False,
+                 speed_perturb_mode: str = "expand", augment_mix: str = "original", augment_prob: float = 0.6,
                  rank: int = 0, world_size: int = 1, **kwargs):
         self.shards: ShardSet = open_shards(train_shards)
         self.batch_size, self.n_per_speaker, self.max_seg_per_spk = batch_size, nPerSpeaker, max_seg_per_spk
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.workers = max(1, nDataLoaderThread)
         self.skip_bad_audio = skip_bad_audio
-        self.speeds = SPEED_FACTORS if speed_perturb else (1.0,)
+        self.speeds = listed_speeds(speed_perturb, speed_perturb_mode)  # each utterance is streamed at these
+        self.speed_per_item = speed_perturb and speed_perturb_mode == "per_epoch"
         self.label_of = {speaker: label for label, speaker in enumerate(self.shards.speakers)}
-        self.speakers = expand_speakers([], self.shards.speakers, self.speeds)[3]
+        self.speakers = expand_speakers([], self.shards.speakers, SPEED_FACTORS if speed_perturb else (1.0,))[3]
         self.stats = LoaderStats()
-        augmenter = AugmentWAV(musan_path, rir_path, max_frames, self.stats) if augment else None
+        augmenter = (make_augmenter(augment_mix, musan_path, rir_path, max_frames, self.stats, augment_prob)
+                     if augment else None)
         self.crops = TrainingCrops(max_frames, augmenter, spec_augment, self.stats)
         self.epoch, self.skip = 0, 0
         readers = world_size * self.workers
@@ -139,13 +143,18 @@ class ShardStream(torch.utils.data.IterableDataset):
                 yield self.batch(plan, worker, number)
 
     def batch(self, plan: list[tuple[int, Group]], worker: int, number: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crops `[batch_size, nPerSpeaker, samples]` and labels of a batch, from each item's own generator."""
-        crops = []
-        for slot, (_, group) in enumerate(plan):
+        """Crops `[batch_size, nPerSpeaker, samples]` and labels of a batch, from each item's own generator (with
+        --speed_perturb_mode per_epoch, first the item's speed and its label shift)."""
+        crops, labels = [], []
+        for slot, (label, group) in enumerate(plan):
             rng = item_rng(self.seed, self.epoch, self.rank, worker, number, slot)
+            if self.speed_per_item:
+                speed, shift = draw_item_speed(rng, len(self.label_of))
+                group, label = [(audio, speed) for audio, _ in group], label + shift
             crops.append(np.concatenate([self.crops.finish(self.read_crop(group, index, rng), rng)
                                          for index in range(len(group))]))
-        return torch.from_numpy(np.stack(crops)), torch.tensor([label for label, _ in plan])
+            labels.append(label)
+        return torch.from_numpy(np.stack(crops)), torch.tensor(labels)
 
     def read_crop(self, group: Group, index: int, rng: np.random.Generator) -> np.ndarray:
         """A crop of the group's utterance `index`; with --skip_bad_audio an unreadable one is replaced by

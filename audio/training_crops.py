@@ -9,9 +9,12 @@ import numpy as np
 from audio.augmentation import AugmentWAV
 from audio.effects import change_speed, spectral_masks
 from audio.reading import LoaderStats, crop_length, load_crops
+from runtime.errors import ConfigError
 
 # --speed_perturb: each training speaker also at these speeds, each a speaker (class) of its own.
 SPEED_FACTORS = (1.0, 0.9, 1.1)
+# --speed_perturb_mode: every utterance at every speed, or one random speed per batch item and epoch (wespeaker's).
+SPEED_MODES = ("expand", "per_epoch")
 
 
 def item_rng(seed: int, epoch: int, *position: int) -> np.random.Generator:
@@ -31,6 +34,21 @@ def expand_speakers(paths: list, speakers: list[str], speeds: tuple[float, ...]
     return ([path for _ in speeds for path in paths],
             [label + k * len(names) for k in range(len(speeds)) for label in labels],
             [speed for speed in speeds for _ in paths], expanded_names)
+
+
+def listed_speeds(speed_perturb: bool, speed_perturb_mode: str) -> tuple[float, ...]:
+    """The speeds each utterance is listed at: every speed of SPEED_FACTORS with --speed_perturb and mode expand,
+    else speed 1 (the per_epoch mode draws a speed per batch item instead)."""
+    if speed_perturb_mode not in SPEED_MODES:
+        raise ConfigError(f"--speed_perturb_mode {speed_perturb_mode} is unknown; use {' or '.join(SPEED_MODES)}")
+    return SPEED_FACTORS if speed_perturb and speed_perturb_mode == "expand" else (1.0,)
+
+
+def draw_item_speed(rng: np.random.Generator, speakers: int) -> tuple[float, int]:
+    """--speed_perturb_mode per_epoch: one batch item's speed, uniform over SPEED_FACTORS, and the label shift that
+    makes it a speaker of its own (k x `speakers` at speed k); drawn first from the item's generator."""
+    step = int(rng.integers(len(SPEED_FACTORS)))
+    return SPEED_FACTORS[step], step * speakers
 
 
 class TrainingCrops:

@@ -22,6 +22,7 @@ RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "dataloader.json"
 
 import DatasetLoader  # noqa: E402
 from audio import reading as AudioReader  # noqa: E402
+from audio.augmentation import original_rooms  # noqa: E402
 
 
 def write_wav(path: Path, samples: np.ndarray) -> None:
@@ -64,7 +65,7 @@ class NaiveDataset(torch.utils.data.Dataset):
         self.data_list, self.data_label = ours.data_list, ours.data_label
         self.max_audio = AudioReader.crop_length(ours.max_frames)
         self.noises = DatasetLoader.musan_index(musan) if augment else None
-        self.rirs = DatasetLoader.rir_index(rirs) if augment else None
+        self.rirs = original_rooms(DatasetLoader.rir_index(rirs)) if augment else None
 
     def __len__(self) -> int:
         return len(self.data_list)

@@ -12,7 +12,8 @@ from preparation.voxceleb import read_table
 from runtime.atomic_files import atomic_write
 
 OPENSLR_URL = "https://www.openslr.org/resources/"
-RIR_ROOMS = ("RIRS_NOISES/simulated_rirs/smallroom/", "RIRS_NOISES/simulated_rirs/mediumroom/")
+# Every simulated room: --augment_mix original uses the small and medium ones, wespeaker all three.
+RIR_ROOMS = tuple(f"RIRS_NOISES/simulated_rirs/{room}/" for room in ("smallroom", "mediumroom", "largeroom"))
 
 
 def split_musan(source: Path, target: Path, quiet: bool = False) -> int:

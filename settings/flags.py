@@ -47,11 +47,20 @@ FLAG_GROUPS = {
         ("max_seg_per_spk", int, 500, "maximum utterances per speaker per epoch"),
         ("nDataLoaderThread", int, 5, "DataLoader worker processes (train and test)"),
         ("augment", bool, False, "online MUSAN/RIR augmentation"),
+        ("augment_mix", str, "original", "--augment: original (per crop 1/5 each of none, reverb, music, babble "
+                                         "of 3-7 speakers, noise; small and medium rooms) or wespeaker (with "
+                                         "probability --augment_prob, half each reverb from any room or one MUSAN "
+                                         "recording, then peak normalisation)"),
+        ("augment_prob", float, 0.6, "--augment_mix wespeaker: probability that a training crop is augmented"),
         ("seed", int, 10, "seed of the sampler, crops and augmentation"),
         ("skip_bad_audio", bool, False, "replace unreadable training files by another of the same speaker "
                                         "(counted) instead of stopping"),
         ("speed_perturb", bool, False, "each training speaker also at 0.9 and 1.1 speed as two new speakers "
                                        "(3x the classes: set --nClasses to 3x the speakers)"),
+        ("speed_perturb_mode", str, "expand", "--speed_perturb: expand (every utterance at all three speeds, 3x the "
+                                              "epoch) or per_epoch (wespeaker's: one random speed per batch item and "
+                                              "epoch, the epoch keeps its size); --nClasses is 3x the speakers "
+                                              "either way"),
         ("spec_augment", bool, False, "SpecAugment-style masks: 2 frequency bands and 2 time spans of each "
                                       "training crop zeroed in its spectrum"),
         ("sampler", str, "balanced", "training batches: balanced (batch_size different speakers) or shuffled "

@@ -23,11 +23,14 @@ class DataSettings:
     max_seg_per_spk: int
     nDataLoaderThread: int
     augment: bool
+    augment_mix: str  # original or wespeaker
+    augment_prob: float  # the share of crops the wespeaker mix augments
     musan_path: str
     rir_path: str
     seed: int
     skip_bad_audio: bool
     speed_perturb: bool
+    speed_perturb_mode: str  # expand or per_epoch
     spec_augment: bool
     sampler: str  # balanced or shuffled (--train_list only)
 

@@ -104,7 +104,7 @@ def test_augment_prepares_musan_and_rirs_in_the_loader_layout(server, tmp_path):
     source, _ = soundfile.read(data / "musan/noise/free-sound/noise-free-sound-0000.wav", dtype="int16")
     assert rate == 16000 and np.array_equal(second, source[48000:128000])
     rirs = sorted(Path(p).parts[-3] for p in glob(f"{data}/RIRS_NOISES/simulated_rirs/*/*/*.wav"))
-    assert rirs == ["mediumroom", "smallroom"]
+    assert rirs == ["largeroom", "mediumroom", "smallroom"]
     assert not (data / "RIRS_NOISES/real_rirs_isotropic_noises").exists()
     assert dataprep.main(flags) == 0, "re-running --augment is safe"
     assert dataprep.split_musan(data / "musan", data / "musan_split", quiet=True) == 0
