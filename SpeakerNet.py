@@ -98,6 +98,25 @@ def parameter_groups(net: SpeakerNet, lr: float, backbone_lr_factor: float) -> l
             {"params": list(net.__L__.parameters())}]
 
 
+def scale_learning_rates(flags: dict, scheduler: str, processes: int) -> tuple[dict, str]:
+    """--lr_reference_batch N: (the flags with --lr and the scheduler plug-in's LR_OPTIONS multiplied by processes x
+    --batch_size x --nPerSpeaker / N, as wespeaker's scale_ratio does with N = 64, and a line saying so); with N 0
+    the flags unchanged and ''."""
+    reference = flags.get("lr_reference_batch", 0)
+    if not reference:
+        return flags, ""
+    batch, per_speaker = flags["batch_size"], flags["nPerSpeaker"]
+    factor = processes * batch * per_speaker / reference
+    plugin = plugin_module("scheduler", scheduler)
+    given = {"lr": flags["lr"], **{name: flags.get(name, plugin.OPTIONS[name][1])
+                                   for name in getattr(plugin, "LR_OPTIONS", ())}}
+    scaled = {name: value * factor for name, value in given.items()}
+    changes = ", ".join(f"--{name} {given[name]:g} -> {value:g}" for name, value in scaled.items())
+    return {**flags, **scaled}, (f"Learning rates scaled by processes {processes} x --batch_size {batch} x "
+                                 f"--nPerSpeaker {per_speaker} / --lr_reference_batch {reference} = {factor:g}: "
+                                 f"{changes}")
+
+
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many training steps in a row had a non-finite loss or gradient."""
 
@@ -168,7 +187,8 @@ class ModelTrainer:
     """Trains a wrapped SpeakerNet, evaluates it on trial lists and saves/loads its checkpoints.
 
     The keyword arguments are every flag, as the original passes them: the optimizer and scheduler plug-ins
-    receive them. `record` is the configuration saved with each checkpoint (those flags when not given)."""
+    receive them, with the learning rates scaled by --lr_reference_batch for the `context`'s processes. `record`
+    is the configuration saved with each checkpoint (those flags as given when not given)."""
 
     def __init__(self, speaker_model: nn.Module, optimizer: str, scheduler: str, mixedprec: bool,
                  device: torch.device, nonfinite_limit: int = 20, precision: torch.dtype | None = None,
@@ -178,6 +198,8 @@ class ModelTrainer:
         self.context = context
         self.backbone_lr_factor = kwargs.get("backbone_lr_factor", 1.0)
         self.backbone_frozen = False
+        self.record = kwargs if record is None else record
+        kwargs, self.lr_scaling = scale_learning_rates(kwargs, scheduler, context.world_size)
         groups = parameter_groups(speaker_model.module, kwargs["lr"], self.backbone_lr_factor)
         self.__optimizer__ = build_plugin("optimizer", optimizer, kwargs, groups)
         self.__scheduler__, self.lr_step = build_plugin("scheduler", scheduler, kwargs, self.__optimizer__)
@@ -187,7 +209,6 @@ class ModelTrainer:
         self.autocast_dtype = precision if precision is not None else autocast_dtype(device, mixedprec)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
         self.nonfinite_limit = nonfinite_limit
-        self.record = kwargs if record is None else record
         self.last_epoch: dict = {}
 
     @classmethod

@@ -2,6 +2,9 @@
 """Average the model weights of several checkpoints (e.g. the last 10 epochs of a run, as wespeaker's recipes do)
 into one checkpoint that loads with --initial_model, for --eval or for fine-tuning.
 
+--last N averages the checkpoints of the last N epochs, so the run must have saved each of them: train with
+--save_last_epochs N (a checkpoint every --test_interval epochs alone would leave gaps).
+
     python averageModels.py --save_path exps/exp1 --last 10 --output exps/exp1/model/avg_last10.model
     python averageModels.py --inputs a.model b.model c.model --output avg.model
 """
@@ -21,31 +24,52 @@ def build_parser() -> arguments.ArgumentParser:
     """The command line: where the checkpoints come from and where the average goes."""
     parser = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--save_path", help="experiment folder: average the newest --last epoch checkpoints "
-                        "<save_path>/model/model*.model")
+    source.add_argument("--save_path", help="experiment folder: average the checkpoints of its last --last epochs "
+                        "in <save_path>/model")
     source.add_argument("--inputs", nargs="+", help="checkpoint files to average (the last one gives the args)")
-    parser.add_argument("--last", type=int, default=None,
-                        help=f"with --save_path: how many of the newest epochs to average (default {DEFAULT_LAST})")
+    parser.add_argument("--last", type=int, default=None, metavar="N",
+                        help=f"with --save_path: average the checkpoints of the last N epochs, model<E-N+1>.model to "
+                        f"model<E>.model with E the highest epoch saved; each must exist (train with "
+                        f"--save_last_epochs N) (default {DEFAULT_LAST})")
     parser.add_argument("--output", required=True, help="checkpoint file to write")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one "
                         "line (also SPEAKERNET_DEBUG=1)")
     return parser
 
 
-def newest_checkpoints(save_path: str, count: int) -> list[str]:
-    """The `count` epoch checkpoints of `save_path` with the highest epoch numbers, oldest first."""
+def last_epoch_checkpoints(save_path: str, count: int) -> list[str]:
+    """The checkpoints of the last `count` epochs in `save_path`/model, oldest first: epochs E - count + 1 to E,
+    E the highest epoch saved; a gap among them is an error."""
     if count < 1:
         raise ConfigError(f"--last must be 1 or more, got {count}")
     folder = os.path.join(save_path, "model")
     if not os.path.isdir(folder):
         raise MissingFileError(f"--save_path {save_path} has no model/ folder of checkpoints")
-    found = sorted(checkpoints.saved_checkpoints(folder), key=checkpoints.epoch_of)
+    found = {checkpoints.epoch_of(path): path for path in checkpoints.saved_checkpoints(folder)}
     if not found:
         raise ConfigError(f"{folder} holds no epoch checkpoint (model*.model) to average")
-    if len(found) < count:
-        raise ConfigError(f"--last {count}: {folder} holds only {len(found)} epoch checkpoints; "
-                          f"give --last {len(found)} or fewer")
-    return found[-count:]
+    newest = max(found)
+    if count > newest:
+        raise ConfigError(f"--last {count}: the newest checkpoint in {folder} is of epoch {newest}; "
+                          f"give --last {newest} or fewer")
+    wanted = range(newest - count + 1, newest + 1)
+    missing = [epoch for epoch in wanted if epoch not in found]
+    if missing:
+        raise ConfigError(f"--last {count}: {folder} has no checkpoint of epoch {epoch_ranges(missing)} of the last "
+                          f"{count} epochs (to {newest}); train with --save_last_epochs {count} to save each of them, "
+                          "or name the files to average with --inputs")
+    return [found[epoch] for epoch in wanted]
+
+
+def epoch_ranges(epochs: list[int]) -> str:
+    """Ascending epoch numbers in words, runs joined: [3, 4, 5, 8] -> '3-5, 8'."""
+    runs: list[list[int]] = []
+    for epoch in epochs:
+        if runs and epoch == runs[-1][-1] + 1:
+            runs[-1].append(epoch)
+        else:
+            runs.append([epoch])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 def input_paths(args) -> list[str]:
@@ -54,7 +78,7 @@ def input_paths(args) -> list[str]:
         if args.last is not None:
             raise ConfigError("--last goes with --save_path; --inputs averages exactly the files it names")
         return list(args.inputs)
-    return newest_checkpoints(args.save_path, DEFAULT_LAST if args.last is None else args.last)
+    return last_epoch_checkpoints(args.save_path, DEFAULT_LAST if args.last is None else args.last)
 
 
 def averaged_checkpoint(paths: list[str]) -> dict:

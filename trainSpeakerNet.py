@@ -115,10 +115,13 @@ def initial_model_summary(report: checkpoints.LoadReport, net: SpeakerNet, path:
 
 
 def train(trainer: ModelTrainer, settings: Settings, context: distributed.Context, dataset, sampler) -> None:
-    """The epoch loop: train, log, and every test_interval epochs evaluate and save (rank 0 writes)."""
+    """The epoch loop: train, log, every test_interval epochs evaluate and save, and save each of the last
+    --save_last_epochs epochs (rank 0 writes)."""
     run, data, optimisation = settings.run, settings.data, settings.optimisation
     point = start_point(trainer, run, context)
     if context.is_main:
+        if trainer.lr_scaling:
+            print(trainer.lr_scaling)
         print(f"Training from epoch {point.first_epoch} with {trainer.learning_rates()}")
     control = RunControl(run.checkpoint_minutes)
     control.install_signal_handlers()
@@ -150,14 +153,16 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
                 log_timing(run.result_save_path, epoch, trainer.last_epoch)
                 if dataset.stats.summary():
                     print(f"Training data so far: {dataset.stats.summary()}")
+            stem = os.path.join(run.model_save_path, f"model{epoch:09d}")
             if epoch % optimisation.test_interval == 0:
                 eer, min_dcf = evaluate(trainer, settings)
                 if context.is_main:
                     log_line(scorefile, f"Epoch {epoch:d}, VEER {eer:2.4f}, MinDCF {min_dcf:2.5f}")
-                stem = os.path.join(run.model_save_path, f"model{epoch:09d}")
                 trainer.saveParameters(stem + ".model", epoch, write=context.is_main)
                 if context.is_main:
                     atomic_files.write_text(stem + ".eer", f"{eer:2.4f}")
+            elif epoch > optimisation.max_epoch - optimisation.save_last_epochs:
+                trainer.saveParameters(stem + ".model", epoch, write=context.is_main)
             trainer.saveParameters(resume_path, epoch, write=context.is_main)
             if control.poll(trainer.device)[1]:
                 print(f"Stopped by a signal after epoch {epoch}; run the same command again to continue.")

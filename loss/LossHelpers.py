@@ -1,5 +1,5 @@
 """Pieces shared by the loss plug-ins: the [B, nPerSpeaker, D] batch, top-1 accuracy, the equal error rate, the
-additive angular margin and the margin schedule."""
+additive angular margin with its options, the classifier initialisation and the margin schedule."""
 from __future__ import annotations
 
 import math
@@ -9,10 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-RISE_FLOOR = 1e-3  # the scheduled margin rises as 1 - RISE_FLOOR ** t (wespeaker's exponential increase)
+# The scheduled margin rises as 1 - RISE_FLOOR ** t: wespeaker's exponential increase, whose floor is
+# final_val / (initial_val + 1e-6) with final_val 1e-3 and initial_val 1.
+RISE_FLOOR = 1e-3 / (1.0 + 1e-6)
 MARGIN_SCHEDULE_OPTIONS = {
     "margin_start": (float, 20.0, "epochs trained with margin 0 before the margin starts to rise"),
     "margin_end": (float, 40.0, "epochs trained when the rising margin reaches --margin (fixed afterwards)"),
+}
+AAM_FALLBACKS = ("original", "continuous")
+CLASSIFIER_INITS = {"xavier_normal": nn.init.xavier_normal_, "xavier_uniform": nn.init.xavier_uniform_}
+AAM_OPTIONS = {
+    "aam_fallback": (str, "original", "AAM target logit past theta = pi - margin: original (cos(theta) - margin * "
+                                      "sin(margin), the original's) or continuous (cos(theta) - (1 - cos(margin)), "
+                                      "wespeaker's, equal to cos(theta + margin) at pi - margin)"),
+    "classifier_init": (str, "xavier_normal", "initial classifier weights of the AAM losses: xavier_normal (the "
+                                              "original's) or xavier_uniform (wespeaker's)"),
 }
 
 
@@ -83,16 +94,33 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp(min=0)
 
 
-def additive_angular_margin(cosine: torch.Tensor, margin: float, easy_margin: bool) -> torch.Tensor:
+def additive_angular_margin(cosine: torch.Tensor, margin: float, easy_margin: bool,
+                            fallback: str = "original") -> torch.Tensor:
     """cos(theta + margin) of every cosine, ArcFace's target logit before scaling.
 
-    Beyond theta = pi - margin it continues as cos(theta) - margin * sin(margin), so it keeps falling with theta;
-    with `easy_margin` the margin applies only where cos(theta) > 0 and other entries stay cos(theta)."""
+    Beyond theta = pi - margin it keeps falling with theta: as cos(theta) - margin * sin(margin) with the
+    "original" fallback, as cos(theta) - (1 - cos(margin)) with the "continuous" one (equal to cos(theta + margin)
+    at theta = pi - margin). With `easy_margin` the margin applies only where cos(theta) > 0 and other entries
+    stay cos(theta)."""
     sine = (1.0 - cosine * cosine).clamp(0, 1).sqrt()
     phi = cosine * math.cos(margin) - sine * math.sin(margin)
     if easy_margin:
         return torch.where(cosine > 0, phi, cosine)
-    return torch.where(cosine > math.cos(math.pi - margin), phi, cosine - math.sin(math.pi - margin) * margin)
+    drop = margin * math.sin(margin) if fallback == "original" else 1.0 - math.cos(margin)
+    return torch.where(cosine > math.cos(math.pi - margin), phi, cosine - drop)
+
+
+def check_aam_options(aam_fallback: str, classifier_init: str) -> None:
+    """Raise a ValueError naming the option for an --aam_fallback or --classifier_init that does not exist."""
+    if aam_fallback not in AAM_FALLBACKS:
+        raise ValueError(f"--aam_fallback must be {' or '.join(AAM_FALLBACKS)}, got '{aam_fallback}'")
+    if classifier_init not in CLASSIFIER_INITS:
+        raise ValueError(f"--classifier_init must be {' or '.join(CLASSIFIER_INITS)}, got '{classifier_init}'")
+
+
+def init_classifier(weight: torch.Tensor, classifier_init: str) -> None:
+    """Fill a classifier weight [rows, nOut] in place with the --classifier_init distribution (gain 1)."""
+    CLASSIFIER_INITS[classifier_init](weight, gain=1)
 
 
 def with_target(logits: torch.Tensor, target_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -105,9 +133,10 @@ def with_target(logits: torch.Tensor, target_logits: torch.Tensor, label: torch.
 class MarginSchedule:
     """The share of the final margin after a number of training epochs: 0 before `start`, 1 from `end` on.
 
-    In between, with t = (epochs - start) / (end - start), the share is 1 - 0.001 ** t (= 1 - exp(t * ln 0.001)),
-    the exponential-shaped rise of wespeaker's MarginScheduler: steep at first (0.5 of the margin after 10 % of
-    the ramp, 0.97 at its middle), 0.999 just before `end`, then exactly 1. wespeaker counts epochs from 1, so its
+    In between, with t = (epochs - start) / (end - start), the share is 1 - RISE_FLOOR ** t, that is
+    1 - exp(t * ln(1e-3 / (1 + 1e-6))) as wespeaker's MarginScheduler computes it: steep at first (0.5 of the
+    margin after 10 % of the ramp, 0.97 at its middle), 0.999 just before `end`, then exactly 1. wespeaker counts
+    epochs from 1 and starts the rise at iteration (increase_start_epoch - 1) x epoch_iter, so its
     increase_start_epoch 20 and fix_start_epoch 40 are start 19 and end 39 here."""
 
     start: float

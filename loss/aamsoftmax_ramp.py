@@ -6,13 +6,14 @@ With s = the epochs trained so far (fractions within an epoch count), the margin
     margin * (1 - 0.001 ** ((s - margin_start) / (margin_end - margin_start)))   in between,
     margin                                            for s >= margin_end.
 The trainer sets it before every step through set_epoch_progress, so it is right after a resume too. The logits
-are those of loss/aamsoftmax.py at the current margin (same --scale and --easy_margin)."""
+are those of loss/aamsoftmax.py at the current margin (same --scale, --easy_margin, --aam_fallback and
+--classifier_init)."""
 from __future__ import annotations
 
 from loss.aamsoftmax import LossFunction as AAMSoftmax
-from loss.LossHelpers import MARGIN_SCHEDULE_OPTIONS, MarginSchedule
+from loss.LossHelpers import AAM_OPTIONS, MARGIN_SCHEDULE_OPTIONS, MarginSchedule
 
-OPTIONS = dict(MARGIN_SCHEDULE_OPTIONS)
+OPTIONS = {**AAM_OPTIONS, **MARGIN_SCHEDULE_OPTIONS}
 
 
 class LossFunction(AAMSoftmax):

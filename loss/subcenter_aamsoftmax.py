@@ -2,12 +2,13 @@
 classification head of wespeaker's "arc_margin_intertopk_subcenter" projection.
 
 Each class has --subcenters centres and its cosine is the largest over them, so a noisy class can spread over
-several centres (Sub-center ArcFace). The target logit is aamsoftmax's scale * cos(theta + m) (same --scale and
---easy_margin). With --topk_negatives k > 0 the k non-target classes of largest cosine get
-scale * cos(theta - p) instead of scale * cos(theta): an extra penalty that pushes the hardest negatives away
-(inter-top-k penalty, arXiv 2110.05042). The margin m and the penalty p both follow the margin schedule of
-loss/LossHelpers.MarginSchedule: m = --margin * share and p = --topk_penalty * share (wespeaker scales its
-penalty with the margin the same way), so before --margin_start neither applies."""
+several centres (Sub-center ArcFace). The target logit is aamsoftmax's scale * cos(theta + m) (same --scale,
+--easy_margin and --aam_fallback), and every centre of every class starts from --classifier_init. With
+--topk_negatives k > 0 the k non-target classes of largest cosine get scale * cos(theta - p) instead of
+scale * cos(theta): an extra penalty that pushes the hardest negatives away (inter-top-k penalty, arXiv
+2110.05042). The margin m and the penalty p both follow the margin schedule of loss/LossHelpers.MarginSchedule:
+m = --margin * share and p = --topk_penalty * share, so before --margin_start neither applies (wespeaker scales
+its penalty by the current margin / 0.2, the same with --margin 0.2)."""
 from __future__ import annotations
 
 import math
@@ -17,17 +18,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from loss.LossHelpers import (
+    AAM_OPTIONS,
     MARGIN_SCHEDULE_OPTIONS,
     MarginSchedule,
     accuracy,
     additive_angular_margin,
+    check_aam_options,
     check_embedding_size,
     every_utterance,
+    init_classifier,
     speaker_batch,
     with_target,
 )
 
 OPTIONS = {
+    **AAM_OPTIONS,
     **MARGIN_SCHEDULE_OPTIONS,
     "subcenters": (int, 3, "centres per class; a class's cosine is the largest over its centres"),
     "topk_negatives": (int, 0, "hardest non-target classes that get the extra --topk_penalty (0: off)"),
@@ -44,19 +49,22 @@ class LossFunction(nn.Module):
 
     def __init__(self, nOut: int, nClasses: int, margin: float = 0.3, scale: float = 15, easy_margin: bool = False,
                  subcenters: int = 3, topk_negatives: int = 0, topk_penalty: float = 0.06,
-                 margin_start: float = 20.0, margin_end: float = 40.0, **kwargs) -> None:
+                 margin_start: float = 20.0, margin_end: float = 40.0, aam_fallback: str = "original",
+                 classifier_init: str = "xavier_normal", **kwargs) -> None:
         super().__init__()
         check_head_settings(nClasses, subcenters, topk_negatives)
+        check_aam_options(aam_fallback, classifier_init)
         self.test_normalize = True
         self.in_feats = nOut
         self.s = scale
         self.easy_margin = bool(easy_margin)
+        self.fallback = aam_fallback
         self.subcenters = subcenters
         self.topk_negatives = topk_negatives
         self.final_margin, self.final_penalty = margin, topk_penalty
         self.schedule = MarginSchedule(margin_start, margin_end)
         self.weight = nn.Parameter(torch.empty(nClasses * subcenters, nOut))  # rows: class 0's centres, class 1's...
-        nn.init.xavier_normal_(self.weight, gain=1)
+        init_classifier(self.weight, classifier_init)
         self.set_epoch_progress(0.0)
 
     def set_epoch_progress(self, epochs_done: float) -> None:
@@ -75,7 +83,8 @@ class LossFunction(nn.Module):
         check_embedding_size(self, x, self.in_feats)
         cosine = self.class_cosines(x)
         negatives = penalize_hardest(cosine, label, self.topk_negatives, self.penalty)
-        logits = self.s * with_target(negatives, additive_angular_margin(cosine, self.m, self.easy_margin), label)
+        target = additive_angular_margin(cosine, self.m, self.easy_margin, self.fallback)
+        logits = self.s * with_target(negatives, target, label)
         return F.cross_entropy(logits, label), accuracy(logits, label)
 
 

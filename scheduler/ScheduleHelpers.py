@@ -1,5 +1,6 @@
-"""Pieces shared by the per-step learning-rate schedules: their options, step counts, the warm-up share and the
-LambdaLR that applies a pure function of the step (its state is the step count, so a resume restores it)."""
+"""Pieces shared by the per-step learning-rate schedules: their options (and which of them are learning rates),
+step counts, the warm-up share and the LambdaLR that applies a pure function of the step (its state is the step
+count, so a resume restores it)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,6 +11,7 @@ WARMUP_OPTIONS = {
     "warmup_epochs": (float, 6.0, "epochs of linear learning-rate warm-up from 0 (per-step schedules)"),
     "final_lr": (float, 5e-5, "learning rate at the end of --max_epoch epochs (per-step schedules)"),
 }
+WARMUP_LR_OPTIONS = ("final_lr",)  # the options that are learning rates: --lr_reference_batch scales them with --lr
 
 
 def check_schedule(lr: float, final_lr: float, warmup_epochs: float, max_epoch: int) -> None:

@@ -12,9 +12,17 @@ import math
 
 import torch
 
-from scheduler.ScheduleHelpers import WARMUP_OPTIONS, check_schedule, per_step, step_counts, warmup_share
+from scheduler.ScheduleHelpers import (
+    WARMUP_LR_OPTIONS,
+    WARMUP_OPTIONS,
+    check_schedule,
+    per_step,
+    step_counts,
+    warmup_share,
+)
 
 OPTIONS = dict(WARMUP_OPTIONS)
+LR_OPTIONS = WARMUP_LR_OPTIONS
 
 
 def cosine_factor(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:

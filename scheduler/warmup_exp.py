@@ -13,9 +13,17 @@ import functools
 
 import torch
 
-from scheduler.ScheduleHelpers import WARMUP_OPTIONS, check_schedule, per_step, step_counts, warmup_share
+from scheduler.ScheduleHelpers import (
+    WARMUP_LR_OPTIONS,
+    WARMUP_OPTIONS,
+    check_schedule,
+    per_step,
+    step_counts,
+    warmup_share,
+)
 
 OPTIONS = dict(WARMUP_OPTIONS)
+LR_OPTIONS = WARMUP_LR_OPTIONS
 
 
 def exponential_factor(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:

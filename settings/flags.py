@@ -14,7 +14,8 @@ LIST_KEYS = ("test_list",)  # keys whose YAML value may be a list (joined with c
 MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk": 1, "nDataLoaderThread": 0,
            "test_interval": 1, "max_epoch": 1, "nPerSpeaker": 1, "nClasses": 1, "num_eval": 1, "n_mels": 1,
            "nOut": 1, "weight_decay": 0, "length_tolerance": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1,
-           "nproc": 0, "gpu_id": 0, "freeze_backbone_epochs": 0, "backbone_lr_factor": 0}
+           "nproc": 0, "gpu_id": 0, "freeze_backbone_epochs": 0, "backbone_lr_factor": 0,
+           "save_last_epochs": 0, "lr_reference_batch": 0}
 POSITIVE = ("lr", "lr_decay", "scale")
 
 
@@ -74,6 +75,9 @@ FLAG_GROUPS = {
         ("trainfunc", str, "", "loss plug-in in loss/"),
         ("freeze_backbone_epochs", int, 0, "fine-tuning: in the first N epochs the embedding model is frozen (no "
                                            "gradients, BatchNorm statistics kept) and only the loss head trains"),
+        ("save_last_epochs", int, 0, "also save a checkpoint (without evaluating) at each of the last N epochs, for "
+                                     "averageModels.py --last N (wespeaker saves its last num_avg epochs); 0: only "
+                                     "every --test_interval epochs"),
     ],
     "Optimizer and scheduler": [
         ("optimizer", str, "adam", "optimizer plug-in in optimizer/"),
@@ -83,6 +87,9 @@ FLAG_GROUPS = {
         ("weight_decay", float, 0, "weight decay"),
         ("backbone_lr_factor", float, 1.0, "fine-tuning: the embedding model trains at this times the loss head's "
                                            "learning rate (its own parameter group); the LR logged is the head's"),
+        ("lr_reference_batch", int, 0, "multiply --lr and the scheduler's other learning rates (--final_lr) by "
+                                        "(processes x --batch_size x --nPerSpeaker) / this batch, as wespeaker does "
+                                        "with 64; 0: use them as given"),
     ],
     "Loss functions": [
         ("hard_prob", float, 0.5, "triplet: probability of a hard negative"),

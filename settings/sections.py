@@ -62,7 +62,8 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class OptimisationSettings:
-    """The trainer: optimiser and scheduler plug-ins, epochs, precision, the non-finite-step limit and fine-tuning."""
+    """The trainer: optimiser and scheduler plug-ins, learning rates, epochs and checkpoints, precision, the
+    non-finite-step limit and fine-tuning."""
 
     optimizer: str
     scheduler: str
@@ -75,6 +76,8 @@ class OptimisationSettings:
     nonfinite_limit: int
     freeze_backbone_epochs: int
     backbone_lr_factor: float
+    save_last_epochs: int
+    lr_reference_batch: int
 
 
 @dataclass(frozen=True)

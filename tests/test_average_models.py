@@ -87,6 +87,20 @@ def test_cli_averages_the_newest_epochs_by_number(tmp_path, capsys):
     assert not list(tmp_path.glob(".*partial"))  # written through a temporary file
 
 
+def test_last_takes_the_last_epochs_and_refuses_gaps(tmp_path, capsys):
+    """Checkpoints every 5 epochs and each of the last 3: --last 3 averages epochs 148-150, --last 10 has gaps."""
+    model = tmp_path / "exp" / "model"
+    model.mkdir(parents=True)
+    for epoch in (*range(5, 150, 5), 148, 149, 150):
+        save(model / f"model{epoch:09d}.model", weights(float(epoch)), epoch=epoch)
+    picked = averageModels.last_epoch_checkpoints(str(tmp_path / "exp"), 3)
+    assert [checkpoints.epoch_of(path) for path in picked] == [148, 149, 150]
+    message = one_line_error(["--save_path", str(tmp_path / "exp"), "--last", "10", "--output",
+                              str(tmp_path / "avg.model")], capsys)
+    assert "no checkpoint of epoch 141-144, 146-147 of the last 10 epochs (to 150)" in message
+    assert "--save_last_epochs 10" in message and not (tmp_path / "avg.model").exists()
+
+
 def test_cli_averages_the_inputs_it_names(tmp_path):
     paths = [save(tmp_path / "a.model", weights(2.0), args={"nOut": 8}), save(tmp_path / "b.model", weights(6.0))]
     output = tmp_path / "avg.model"
@@ -115,7 +129,7 @@ def test_cli_mismatched_keys_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("too_few", "holds only 2 epoch checkpoints; give --last 2 or fewer"),
+    ("too_few", "is of epoch 2; give --last 2 or fewer"),
     ("no_model_folder", "has no model/ folder"),
     ("last_zero", "--last must be 1 or more"),
     ("last_with_inputs", "--last goes with --save_path"),
