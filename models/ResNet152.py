@@ -15,7 +15,7 @@ OPTIONS = dict(RESNET_OPTIONS)
 
 
 def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", two_emb_layer: bool = False,
-              **kwargs) -> nn.Module:
+              m_channels: int = 32, **kwargs) -> nn.Module:
     """Build ResNet152 (bottleneck blocks; see docs/models-and-losses.md for its size)."""
-    return FbankResNet(Bottleneck, [3, 8, 36, 3], nOut, n_mels, pooling, "ResNet152", two_emb_layer,
+    return FbankResNet(Bottleneck, [3, 8, 36, 3], nOut, n_mels, pooling, "ResNet152", two_emb_layer, m_channels,
                        **frontend_settings(kwargs))

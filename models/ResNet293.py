@@ -15,7 +15,7 @@ OPTIONS = dict(RESNET_OPTIONS)
 
 
 def MainModel(nOut: int = 256, n_mels: int = 80, pooling: str = "TSTP", two_emb_layer: bool = False,
-              **kwargs) -> nn.Module:
+              m_channels: int = 32, **kwargs) -> nn.Module:
     """Build ResNet293 (28.63M parameters with 80 mels, nOut 256 and TSTP)."""
-    return FbankResNet(Bottleneck, [10, 20, 64, 3], nOut, n_mels, pooling, "ResNet293", two_emb_layer,
+    return FbankResNet(Bottleneck, [10, 20, 64, 3], nOut, n_mels, pooling, "ResNet293", two_emb_layer, m_channels,
                        **frontend_settings(kwargs))

@@ -13,12 +13,14 @@ from models.FrontEnd import check_input_length, conv_length, min_frames_for
 from models.ResNetBlocks import make_layer
 from models.StatsPooling import statistics_pooling
 
-BASE_WIDTH = 32  # channels of the stem and the first stage; stages 2-4 double it each time
+BASE_WIDTH = 32  # wespeaker's m_channels: channels of the stem and the first stage; stages 2-4 double it each time
 # The options ResNet34, ResNet221 and ResNet293 declare (their OPTIONS): the temporal pooling and the embedding.
 RESNET_OPTIONS = {
     "pooling": (str, "TSTP", "ResNet34/152/221/293: temporal pooling: TSTP (mean and std over time), ASTP (attentive "
                              "statistics), TAP (mean), TSDP (std), MHASTP (2-head attentive), MQMHASTP (2 queries "
                              "of 8 channel-wise heads), as wespeaker's ResNets"),
+    "m_channels": (int, BASE_WIDTH, "ResNet34/152/221/293: channels of the stem and the first stage, doubled by each "
+                                    "later stage (wespeaker's m_channels; released models: 32)"),
     "two_emb_layer": (bool, False, "ResNet34/152/221/293: a second embedding layer (linear, ReLU, BatchNorm without "
                                    "affine, linear) as wespeaker's two_emb_layer; the embedding is its output"),
 }
@@ -85,15 +87,17 @@ class FbankResNet(nn.Module):
     takes_frontend = True
 
     def __init__(self, block: type[nn.Module], layers: list[int], nOut: int, n_mels: int, pooling: str,
-                 model_name: str, two_emb_layer: bool = False, **frontend) -> None:
+                 model_name: str, two_emb_layer: bool = False, m_channels: int = BASE_WIDTH, **frontend) -> None:
         super().__init__()
         self.model_name = model_name
-        widths = [BASE_WIDTH * 2 ** stage for stage in range(4)]
+        if m_channels < 1:
+            raise ValueError(f"{model_name}: --m_channels must be at least 1, got {m_channels}")
+        widths = [m_channels * 2 ** stage for stage in range(4)]
         self.fbank = build_frontend(n_mels, **frontend)
-        self.conv1 = nn.Conv2d(1, BASE_WIDTH, kernel_size=3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(BASE_WIDTH)
+        self.conv1 = nn.Conv2d(1, m_channels, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(m_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = make_layer(block, BASE_WIDTH, widths[0], layers[0])
+        self.layer1 = make_layer(block, m_channels, widths[0], layers[0])
         self.layer2 = make_layer(block, widths[0] * block.expansion, widths[1], layers[1], stride=2)
         self.layer3 = make_layer(block, widths[1] * block.expansion, widths[2], layers[2], stride=2)
         self.layer4 = make_layer(block, widths[2] * block.expansion, widths[3], layers[3], stride=2)
