@@ -20,16 +20,9 @@ train_speakers=200
 test_speakers=40
 from_shards=false
 norm_topk=20
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --stage|--stop_stage|--data|--exp|--conf|--train_speakers|--test_speakers|--from_shards|--norm_topk)
-            [ $# -ge 2 ] || { echo "Error: $1 needs a value" >&2; exit 1; }
-            declare "${1#--}=$2"; shift 2 ;;
-        *) echo "Error: unknown option $1 (see the top of $0)" >&2; exit 1 ;;
-    esac
-done
 PYTHON=${PYTHON:-.venv/bin/python}
 source recipes/stages.sh
+parse_options "stage stop_stage data exp conf train_speakers test_speakers from_shards norm_topk" "$@"
 
 train_epochs=$(epochs_of "$conf/train.yaml")
 lm_epochs=$(epochs_of "$conf/lm.yaml")
