@@ -14,7 +14,8 @@ import os
 import sys
 
 import arguments
-from runtime import checkpoints
+from runtime import checkpoint_files
+from runtime.averaging import average_weights
 from runtime.errors import ConfigError, MissingFileError, run_command
 
 DEFAULT_LAST = 10
@@ -45,7 +46,7 @@ def last_epoch_checkpoints(save_path: str, count: int) -> list[str]:
     folder = os.path.join(save_path, "model")
     if not os.path.isdir(folder):
         raise MissingFileError(f"--save_path {save_path} has no model/ folder of checkpoints")
-    found = {checkpoints.epoch_of(path): path for path in checkpoints.saved_checkpoints(folder)}
+    found = {checkpoint_files.epoch_of(path): path for path in checkpoint_files.saved_checkpoints(folder)}
     if not found:
         raise ConfigError(f"{folder} holds no epoch checkpoint (model*.model) to average")
     newest = max(found)
@@ -83,9 +84,9 @@ def input_paths(args) -> list[str]:
 
 def averaged_checkpoint(paths: list[str]) -> dict:
     """A checkpoint in our format: the averaged weights, the args of the last input and the files averaged."""
-    weights = checkpoints.average_weights(paths)
-    newest = checkpoints.read_checkpoint(paths[-1])
-    return {"model_state_dict": weights, "format": checkpoints.FORMAT_TAG, "args": dict(newest.get("args") or {}),
+    weights = average_weights(paths)
+    newest = checkpoint_files.read_checkpoint(paths[-1])
+    return {"model_state_dict": weights, "format": checkpoint_files.FORMAT_TAG, "args": dict(newest.get("args") or {}),
             "averaged_from": list(paths)}
 
 
@@ -96,7 +97,7 @@ def run(argv: list[str]) -> int:
     if not os.path.isdir(folder):
         raise MissingFileError(f"--output {args.output}: the folder {folder} does not exist")
     paths = input_paths(args)
-    checkpoints.write_atomically(averaged_checkpoint(paths), args.output)
+    checkpoint_files.write_atomically(averaged_checkpoint(paths), args.output)
     print(f"Averaged {len(paths)} checkpoints ({os.path.basename(paths[0])} ... {os.path.basename(paths[-1])}) "
           f"into {args.output}")
     return 0
