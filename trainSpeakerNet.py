@@ -20,10 +20,12 @@ import yaml
 import DatasetLoader
 import evaluation
 from arguments import parse_settings, resolved_config
+from audio.reading import check_crop_lengths
+from loss.LossHelpers import check_classes, check_per_speaker
 from runtime import atomic_files, checkpoint_files, distributed
 from runtime.device import choose_gpus, place_on, resolve_device
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
-from runtime.plugins import check_classes, check_crop_lengths, check_per_speaker, load_plugin
+from runtime.plugins import load_plugin
 from runtime.run_control import RunControl
 from runtime.training_state import ResumePoint
 from settings.sections import RunSettings, Settings
@@ -211,8 +213,8 @@ def main_worker(context: distributed.Context, settings: Settings) -> None:
         distributed.init_process_group(context, device, run.port)
     seed_everything(run.seed)
     speaker_net = place_on(SpeakerNet(**settings.flags), device)
-    check_crop_lengths(speaker_net.__S__, settings.data.max_frames, settings.evaluation.eval_frames,
-                       settings.model.model)
+    check_crop_lengths(getattr(speaker_net.__S__, "min_samples", 0), settings.data.max_frames,
+                       settings.evaluation.eval_frames, settings.model.model)
     if context.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             speaker_net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)

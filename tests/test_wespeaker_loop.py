@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from test_train_cli import checkpoint_names, epoch_log, run_cli, small_run
 
 import averageModels
-from loss.LossHelpers import additive_angular_margin
+from loss.LossHelpers import additive_angular_margin, check_classes
 from runtime import checkpoint_files, distributed
-from runtime.plugins import PluginError, build_plugin, check_classes, declared_options
+from runtime.plugins import PluginError, build_plugin, declared_options
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, scale_learning_rates
 
 EPOCH_ITER = 4  # batches per epoch of the simulated run
