@@ -23,6 +23,7 @@ from arguments import parse_settings, resolved_config
 from audio.reading import check_crop_lengths
 from loss.LossHelpers import check_classes, check_per_speaker
 from runtime import atomic_files, checkpoint_files, distributed
+from runtime.checkpoint_retention import Retention, remove_unkept_checkpoints
 from runtime.device import choose_gpus, place_on, resolve_device
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
 from runtime.plugins import load_plugin
@@ -118,7 +119,7 @@ def initial_model_summary(report: checkpoint_files.LoadReport, net: SpeakerNet, 
 
 def train(trainer: ModelTrainer, settings: Settings, context: distributed.Context, dataset, sampler) -> None:
     """The epoch loop: train, log, every test_interval epochs evaluate and save, and save each of the last
-    --save_last_epochs epochs (rank 0 writes)."""
+    --save_last_epochs epochs (rank 0 writes), then remove the checkpoints --keep_last and --keep_best let go."""
     run, data, optimisation = settings.run, settings.data, settings.optimisation
     point = start_point(trainer, run, context)
     if context.is_main:
@@ -128,6 +129,8 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
     control = RunControl(run.checkpoint_minutes)
     control.install_signal_handlers()
     resume_path = os.path.join(run.model_save_path, checkpoint_files.RESUME_NAME)
+    retention = Retention(optimisation.keep_last, optimisation.keep_best, optimisation.max_epoch,
+                          optimisation.save_last_epochs)
     if context.is_main:
         write_run_record(settings)
     with open(os.path.join(run.result_save_path, "scores.txt"), "a", encoding="utf-8") as scorefile:
@@ -166,6 +169,8 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
             elif epoch > optimisation.max_epoch - optimisation.save_last_epochs:
                 trainer.saveParameters(stem + ".model", epoch, write=context.is_main)
             trainer.saveParameters(resume_path, epoch, write=context.is_main)
+            if context.is_main:
+                remove_unkept_checkpoints(stem + ".model", retention)
             if control.poll(trainer.device)[1]:
                 print(f"Stopped by a signal after epoch {epoch}; run the same command again to continue.")
                 return
