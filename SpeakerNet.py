@@ -9,12 +9,12 @@ from tqdm import tqdm
 
 import DatasetLoader
 from models.Fbanks import FRONTEND_KEYS, frontend_settings
-from runtime import checkpoints, distributed
-from runtime.checkpoints import EpochTotals, Recoverables, ResumePoint
+from runtime import checkpoint_files, distributed, training_state
 from runtime.device import autocast_dtype
 from runtime.errors import DataError, UserError
 from runtime.plugins import PluginError, available_plugins, build_plugin, plugin_module
 from runtime.run_control import RunControl
+from runtime.training_state import EpochTotals, Recoverables, ResumePoint
 
 # Flags that shape the embeddings besides the weights; a model's own OPTIONS do too.
 MODEL_OUTPUT_FLAGS = ("n_mels", "log_input", "encoder_type", "nOut", *FRONTEND_KEYS)
@@ -318,33 +318,33 @@ class ModelTrainer:
     def saveParameters(self, path: str, epoch: int = 0, totals: EpochTotals | None = None,
                        write: bool = True) -> None:
         """Write a resumable checkpoint atomically (every rank calls it; `write` is True on the one that writes)."""
-        payload = checkpoints.training_payload(self.recoverables(), epoch, totals, self.record)
+        payload = training_state.training_payload(self.recoverables(), epoch, totals, self.record)
         if write:
-            checkpoints.write_atomically(payload, path)
+            checkpoint_files.write_atomically(payload, path)
 
     def loadParameters(self, path: str, strict_model: bool = False, content: dict | None = None
-                       ) -> checkpoints.LoadReport:
+                       ) -> checkpoint_files.LoadReport:
         """Load model weights (any accepted format). With strict_model every `__S__` tensor must fit, else at
         least half of them must (a checkpoint of another network is an error, a new loss head is not)."""
-        content = checkpoints.read_checkpoint(path) if content is None else content
+        content = checkpoint_files.read_checkpoint(path) if content is None else content
         model = self.__model__.module
-        report = checkpoints.load_weights(model, checkpoints.model_weights(content, path), path)
+        report = checkpoint_files.load_weights(model, checkpoint_files.model_weights(content, path), path)
         print(report.text())
         if strict_model and (report.missing_in("__S__.") or report.mismatched_in("__S__.")):
-            raise checkpoints.CheckpointError(
+            raise checkpoint_files.CheckpointError(
                 f"Checkpoint {path} does not fit the model built from the flags (see the list above); "
                 "check --model, --encoder_type, --n_mels, --nOut and --log_input")
-        checkpoints.check_mostly_fits(report, model, path)
+        checkpoint_files.check_mostly_fits(report, model, path)
         return report
 
     def resume(self, path: str, content: dict, rank: int = 0, world_size: int = 1) -> ResumePoint:
         """Restore model, optimizer, scheduler, scaler and this rank's RNG states from a checkpoint read from `path`."""
         saved_factor = (content.get("args") or {}).get("backbone_lr_factor", 1.0)
         if "optimizer_state_dict" in content and saved_factor != self.backbone_lr_factor:
-            raise checkpoints.CheckpointError(
+            raise checkpoint_files.CheckpointError(
                 f"{path} was trained with --backbone_lr_factor {saved_factor:g}; continue with that value, or start "
                 f"a new run in another --save_path with --initial_model {path}")
-        return checkpoints.restore_training(self.recoverables(), path, content, rank, world_size)
+        return training_state.restore_training(self.recoverables(), path, content, rank, world_size)
 
     def current_lr(self) -> float:
         """The learning rate of the loss head's parameter group (the last one), which the log shows."""

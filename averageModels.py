@@ -2,8 +2,9 @@
 """Average the model weights of several checkpoints (e.g. the last 10 epochs of a run, as wespeaker's recipes do)
 into one checkpoint that loads with --initial_model, for --eval or for fine-tuning.
 
---last N averages the checkpoints of the last N epochs, so the run must have saved each of them: train with
---save_last_epochs N (a checkpoint every --test_interval epochs alone would leave gaps).
+--last N averages the checkpoints of the last N epochs, so the run must have saved and kept each of them: train with
+--save_last_epochs N (a checkpoint every --test_interval epochs alone would leave gaps; --keep_last and --keep_best
+never remove those N).
 
     python averageModels.py --save_path exps/exp1 --last 10 --output exps/exp1/model/avg_last10.model
     python averageModels.py --inputs a.model b.model c.model --output avg.model
@@ -14,7 +15,8 @@ import os
 import sys
 
 import arguments
-from runtime import checkpoints
+from runtime import checkpoint_files
+from runtime.averaging import average_weights
 from runtime.errors import ConfigError, MissingFileError, run_command
 
 DEFAULT_LAST = 10
@@ -30,7 +32,7 @@ def build_parser() -> arguments.ArgumentParser:
     parser.add_argument("--last", type=int, default=None, metavar="N",
                         help=f"with --save_path: average the checkpoints of the last N epochs, model<E-N+1>.model to "
                         f"model<E>.model with E the highest epoch saved; each must exist (train with "
-                        f"--save_last_epochs N) (default {DEFAULT_LAST})")
+                        f"--save_last_epochs N, which --keep_last never removes) (default {DEFAULT_LAST})")
     parser.add_argument("--output", required=True, help="checkpoint file to write")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one "
                         "line (also SPEAKERNET_DEBUG=1)")
@@ -45,7 +47,7 @@ def last_epoch_checkpoints(save_path: str, count: int) -> list[str]:
     folder = os.path.join(save_path, "model")
     if not os.path.isdir(folder):
         raise MissingFileError(f"--save_path {save_path} has no model/ folder of checkpoints")
-    found = {checkpoints.epoch_of(path): path for path in checkpoints.saved_checkpoints(folder)}
+    found = {checkpoint_files.epoch_of(path): path for path in checkpoint_files.saved_checkpoints(folder)}
     if not found:
         raise ConfigError(f"{folder} holds no epoch checkpoint (model*.model) to average")
     newest = max(found)
@@ -56,8 +58,9 @@ def last_epoch_checkpoints(save_path: str, count: int) -> list[str]:
     missing = [epoch for epoch in wanted if epoch not in found]
     if missing:
         raise ConfigError(f"--last {count}: {folder} has no checkpoint of epoch {epoch_ranges(missing)} of the last "
-                          f"{count} epochs (to {newest}); train with --save_last_epochs {count} to save each of them, "
-                          "or name the files to average with --inputs")
+                          f"{count} epochs (to {newest}); train with --save_last_epochs {count} to save and keep each "
+                          "of them (--keep_last and --keep_best never remove those), or name the files to average with "
+                          "--inputs")
     return [found[epoch] for epoch in wanted]
 
 
@@ -83,9 +86,9 @@ def input_paths(args) -> list[str]:
 
 def averaged_checkpoint(paths: list[str]) -> dict:
     """A checkpoint in our format: the averaged weights, the args of the last input and the files averaged."""
-    weights = checkpoints.average_weights(paths)
-    newest = checkpoints.read_checkpoint(paths[-1])
-    return {"model_state_dict": weights, "format": checkpoints.FORMAT_TAG, "args": dict(newest.get("args") or {}),
+    weights = average_weights(paths)
+    newest = checkpoint_files.read_checkpoint(paths[-1])
+    return {"model_state_dict": weights, "format": checkpoint_files.FORMAT_TAG, "args": dict(newest.get("args") or {}),
             "averaged_from": list(paths)}
 
 
@@ -96,7 +99,7 @@ def run(argv: list[str]) -> int:
     if not os.path.isdir(folder):
         raise MissingFileError(f"--output {args.output}: the folder {folder} does not exist")
     paths = input_paths(args)
-    checkpoints.write_atomically(averaged_checkpoint(paths), args.output)
+    checkpoint_files.write_atomically(averaged_checkpoint(paths), args.output)
     print(f"Averaged {len(paths)} checkpoints ({os.path.basename(paths[0])} ... {os.path.basename(paths[-1])}) "
           f"into {args.output}")
     return 0

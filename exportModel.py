@@ -11,7 +11,7 @@ import torch
 import arguments
 from deployment.export import export_model
 from deployment.model_loading import MODEL_SETTINGS, add_model_flags, load_speaker_net
-from runtime import checkpoints, packages
+from runtime import checkpoint_files, packages
 from runtime.atomic_files import check_output_file
 from runtime.errors import run_command
 
@@ -43,7 +43,7 @@ def run(argv: list[str]) -> int:
     if args.format == "package":
         content = packages.package_content(net.state_dict(), model_settings,
                                            packages.package_entry(args.initial_model, "provenance"))
-        checkpoints.write_atomically(content, args.output)
+        checkpoint_files.write_atomically(content, args.output)
         size = os.path.getsize(args.output) / 2 ** 20
         print(f"Wrote the {settings['model']} package {args.output} ({len(content['weights'])} tensors, "
               f"{size:.1f} MiB, sha256 {content['sha256'][:16]}...)")

@@ -15,7 +15,7 @@ from deployment.model_loading import MODEL_SETTINGS, resolve_settings
 from importers import READERS, ImportedRelease, ReleaseError
 from importers.release_files import file_sha256
 from importers.transfer import transfer
-from runtime import checkpoints, packages
+from runtime import checkpoint_files, packages
 from runtime.atomic_files import check_output_file
 from runtime.errors import run_command
 from SpeakerNet import SpeakerNet
@@ -72,7 +72,7 @@ def run(argv: list[str]) -> int:
     net, settings = imported_network(release)
     model_settings = {name: settings[name] for name in MODEL_SETTINGS if name in settings}
     content = packages.package_content(net.state_dict(), model_settings, provenance(release))
-    checkpoints.write_atomically(content, args.output)
+    checkpoint_files.write_atomically(content, args.output)
     front_end = ", ".join(f"{key} {settings[key]}" for key in ("frontend_window", "waveform_scale", "dither")
                           if settings.get(key) is not None)
     print(f"Imported {release.toolkit} {release.network} as --model {settings['model']} "

@@ -20,12 +20,15 @@ import yaml
 import DatasetLoader
 import evaluation
 from arguments import parse_settings, resolved_config
-from runtime import atomic_files, checkpoints, distributed
-from runtime.checkpoints import ResumePoint
+from audio.reading import check_crop_lengths
+from loss.LossHelpers import check_classes, check_per_speaker
+from runtime import atomic_files, checkpoint_files, distributed
+from runtime.checkpoint_retention import Retention, remove_unkept_checkpoints
 from runtime.device import choose_gpus, place_on, resolve_device
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
-from runtime.plugins import check_classes, check_crop_lengths, check_per_speaker, load_plugin
+from runtime.plugins import load_plugin
 from runtime.run_control import RunControl
+from runtime.training_state import ResumePoint
 from settings.sections import RunSettings, Settings
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
 
@@ -80,7 +83,7 @@ def start_point(trainer: ModelTrainer, run: RunSettings, context: distributed.Co
     """Continue this run from its own newest state; a new run starts from --initial_model or from scratch.
 
     Rank 0 reads the files and sends them to the other ranks, so only its disk needs the save path."""
-    state = distributed.from_main(lambda: checkpoints.latest_state(run.model_save_path))
+    state = distributed.from_main(lambda: checkpoint_files.latest_state(run.model_save_path))
     if state is not None:
         point = trainer.resume(*state, rank=context.rank, world_size=context.world_size)
         if context.is_main:
@@ -90,14 +93,14 @@ def start_point(trainer: ModelTrainer, run: RunSettings, context: distributed.Co
                      if run.initial_model else ""))
         return point
     if run.initial_model:
-        content = distributed.from_main(lambda: checkpoints.read_checkpoint(run.initial_model))
+        content = distributed.from_main(lambda: checkpoint_files.read_checkpoint(run.initial_model))
         report = trainer.loadParameters(run.initial_model, content=content)
         if context.is_main:
             print(initial_model_summary(report, trainer.__model__.module, run.initial_model))
     return ResumePoint()
 
 
-def initial_model_summary(report: checkpoints.LoadReport, net: SpeakerNet, path: str) -> str:
+def initial_model_summary(report: checkpoint_files.LoadReport, net: SpeakerNet, path: str) -> str:
     """One line on what a new run takes from --initial_model: the embedding model, the loss head, or both."""
     parts = []
     for prefix, name in (("__S__.", "the embedding model (__S__)"), ("__L__.", "the loss head (__L__)")):
@@ -116,7 +119,7 @@ def initial_model_summary(report: checkpoints.LoadReport, net: SpeakerNet, path:
 
 def train(trainer: ModelTrainer, settings: Settings, context: distributed.Context, dataset, sampler) -> None:
     """The epoch loop: train, log, every test_interval epochs evaluate and save, and save each of the last
-    --save_last_epochs epochs (rank 0 writes)."""
+    --save_last_epochs epochs (rank 0 writes), then remove the checkpoints --keep_last and --keep_best let go."""
     run, data, optimisation = settings.run, settings.data, settings.optimisation
     point = start_point(trainer, run, context)
     if context.is_main:
@@ -125,7 +128,9 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
         print(f"Training from epoch {point.first_epoch} with {trainer.learning_rates()}")
     control = RunControl(run.checkpoint_minutes)
     control.install_signal_handlers()
-    resume_path = os.path.join(run.model_save_path, checkpoints.RESUME_NAME)
+    resume_path = os.path.join(run.model_save_path, checkpoint_files.RESUME_NAME)
+    retention = Retention(optimisation.keep_last, optimisation.keep_best, optimisation.max_epoch,
+                          optimisation.save_last_epochs)
     if context.is_main:
         write_run_record(settings)
     with open(os.path.join(run.result_save_path, "scores.txt"), "a", encoding="utf-8") as scorefile:
@@ -164,6 +169,8 @@ def train(trainer: ModelTrainer, settings: Settings, context: distributed.Contex
             elif epoch > optimisation.max_epoch - optimisation.save_last_epochs:
                 trainer.saveParameters(stem + ".model", epoch, write=context.is_main)
             trainer.saveParameters(resume_path, epoch, write=context.is_main)
+            if context.is_main:
+                remove_unkept_checkpoints(stem + ".model", retention)
             if control.poll(trainer.device)[1]:
                 print(f"Stopped by a signal after epoch {epoch}; run the same command again to continue.")
                 return
@@ -190,8 +197,8 @@ def load_for_evaluation(trainer: ModelTrainer, run: RunSettings) -> None:
     """--eval: the weights of --initial_model, else of the newest checkpoint in --save_path (all must fit)."""
     def read() -> tuple[str, dict]:
         if run.initial_model:
-            return run.initial_model, checkpoints.read_checkpoint(run.initial_model)
-        state = checkpoints.latest_state(run.model_save_path)
+            return run.initial_model, checkpoint_files.read_checkpoint(run.initial_model)
+        state = checkpoint_files.latest_state(run.model_save_path)
         if state is None:
             raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {run.model_save_path}")
         return state
@@ -211,8 +218,8 @@ def main_worker(context: distributed.Context, settings: Settings) -> None:
         distributed.init_process_group(context, device, run.port)
     seed_everything(run.seed)
     speaker_net = place_on(SpeakerNet(**settings.flags), device)
-    check_crop_lengths(speaker_net.__S__, settings.data.max_frames, settings.evaluation.eval_frames,
-                       settings.model.model)
+    check_crop_lengths(getattr(speaker_net.__S__, "min_samples", 0), settings.data.max_frames,
+                       settings.evaluation.eval_frames, settings.model.model)
     if context.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             speaker_net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
@@ -265,7 +272,7 @@ def check_inputs(settings: Settings, main: bool = True) -> Settings:
     if main and run.initial_model and not os.path.isfile(run.initial_model):
         raise MissingFileError(f"--initial_model {run.initial_model} does not exist")
     if run.eval:
-        if main and not run.initial_model and not checkpoints.has_training_state(run.model_save_path):
+        if main and not run.initial_model and not checkpoint_files.has_training_state(run.model_save_path):
             raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {run.model_save_path}")
         evaluation.check_inputs(settings.evaluation, main)
         return settings

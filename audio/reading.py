@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile
 
-from runtime.errors import UserError
+from runtime.errors import ConfigError, UserError
 
 SAMPLE_RATE = 16000
 FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4")
@@ -29,6 +29,15 @@ class AudioReadError(UserError, RuntimeError):
 def crop_length(max_frames: int) -> int:
     """Samples in a crop of `max_frames` 10 ms frames (25 ms window)."""
     return max_frames * 160 + 240
+
+
+def check_crop_lengths(min_samples: int, max_frames: int, eval_frames: int, model_name: str) -> None:
+    """Stop early when --max_frames or --eval_frames gives crops shorter than the model's `min_samples`."""
+    for flag, frames in (("max_frames", max_frames), ("eval_frames", eval_frames)):
+        if frames and crop_length(frames) < min_samples:
+            raise ConfigError(f"--{flag} {frames} gives crops of {crop_length(frames)} samples, but {model_name} "
+                              f"needs at least {min_samples}; use --{flag} "
+                              f"{math.ceil((min_samples - crop_length(0)) / 160)} or more")
 
 
 def eval_starts(length: int, max_audio: int, num_eval: int) -> list[int]:

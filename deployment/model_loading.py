@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import arguments
-from runtime import checkpoints
+from runtime import checkpoint_files
 from runtime.device import place_on
 from runtime.errors import ConfigError, MissingFileError
 from runtime.plugins import declared_options
@@ -80,14 +80,14 @@ def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict)
 def load_speaker_net(checkpoint: str, config: str | None, device: torch.device,
                      overrides: dict) -> tuple[SpeakerNet, dict]:
     """(SpeakerNet in eval mode with the checkpoint's weights, its resolved settings); every `__S__` tensor must fit."""
-    content = checkpoints.read_checkpoint(checkpoint)
+    content = checkpoint_files.read_checkpoint(checkpoint)
     saved_args = content.get("args", {}) if isinstance(content.get("args"), dict) else {}
     settings = resolve_settings(saved_args, config, overrides)
     net = place_on(SpeakerNet(**settings), device).eval()
-    report = checkpoints.load_weights(net, checkpoints.model_weights(content, checkpoint), checkpoint)
+    report = checkpoint_files.load_weights(net, checkpoint_files.model_weights(content, checkpoint), checkpoint)
     if report.missing_in("__S__.") or report.mismatched_in("__S__."):
         print(report.text())
-        raise checkpoints.CheckpointError(
+        raise checkpoint_files.CheckpointError(
             f"Checkpoint {checkpoint} does not fit a {settings['model']} built with these settings (see the "
             "list above); check --model, --encoder_type, --n_mels, --nOut, --log_input and --frontend (or --config)")
     return net, settings

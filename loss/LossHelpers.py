@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.errors import ConfigError
+
 # The scheduled margin rises as 1 - RISE_FLOOR ** t: wespeaker's exponential increase, whose floor is
 # final_val / (initial_val + 1e-6) with final_val 1e-3 and initial_val 1.
 RISE_FLOOR = 1e-3 / (1.0 + 1e-6)
@@ -41,6 +43,20 @@ def per_speaker_accepted(loss_class: type, per_speaker: int) -> str:
     if per_speaker < low or (high is not None and per_speaker > high):
         return per_speaker_words(low, high)
     return ""
+
+
+def check_per_speaker(trainfunc: str, loss_class: type, nPerSpeaker: int) -> None:
+    """Stop early when the loss cannot use `nPerSpeaker` utterances per speaker."""
+    accepted = per_speaker_accepted(loss_class, nPerSpeaker)
+    if accepted:
+        raise ConfigError(f"Loss '{trainfunc}' needs --nPerSpeaker {accepted}, got {nPerSpeaker}")
+
+
+def check_classes(trainfunc: str, loss_class: type, nClasses: int, speakers: int, train_list: str) -> None:
+    """Stop early when a classifying loss has fewer outputs than the train list has speakers."""
+    if getattr(loss_class, "classifies_speakers", False) and nClasses < speakers:
+        raise ConfigError(f"Loss '{trainfunc}' has --nClasses {nClasses} outputs, fewer than the {speakers} "
+                          f"speakers in {train_list}; set --nClasses {speakers}")
 
 
 def speaker_batch(loss: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,1 +1,2 @@
-"""How a run executes: user errors, durable files, plug-ins, devices, run control, processes, checkpoints."""
+"""How a run executes: user errors, durable files, plug-ins, devices, run control, processes, checkpoint files,
+averaging, the training state and checkpoint retention."""

@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import sys
 from pathlib import Path
 
-from torch import nn
-
-from audio.reading import crop_length
-from loss.LossHelpers import per_speaker_accepted
-from runtime.errors import ConfigError, UserError
+from runtime.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_KINDS = {  # folder -> (flag, attribute every plug-in must define)
@@ -84,25 +79,3 @@ def check_declaration(where: str, option: str, declaration) -> None:
         raise PluginError(f"{where}: OPTIONS['{option}'] must be (type, default, help) with type int, float, str "
                           f"or bool, got {declaration!r}")
 
-
-def check_per_speaker(trainfunc: str, loss_class: type, nPerSpeaker: int) -> None:
-    """Stop early when the loss cannot use `nPerSpeaker` utterances per speaker."""
-    accepted = per_speaker_accepted(loss_class, nPerSpeaker)
-    if accepted:
-        raise PluginError(f"Loss '{trainfunc}' needs --nPerSpeaker {accepted}, got {nPerSpeaker}")
-
-
-def check_classes(trainfunc: str, loss_class: type, nClasses: int, speakers: int, train_list: str) -> None:
-    """Stop early when a classifying loss has fewer outputs than the train list has speakers (original's #158)."""
-    if getattr(loss_class, "classifies_speakers", False) and nClasses < speakers:
-        raise PluginError(f"Loss '{trainfunc}' has --nClasses {nClasses} outputs, fewer than the {speakers} "
-                          f"speakers in {train_list}; set --nClasses {speakers}")
-
-
-def check_crop_lengths(model: nn.Module, max_frames: int, eval_frames: int, name: str) -> None:
-    """Stop early when --max_frames or --eval_frames gives crops shorter than the model accepts."""
-    minimum = getattr(model, "min_samples", 0)
-    for flag, frames in (("max_frames", max_frames), ("eval_frames", eval_frames)):
-        if frames and crop_length(frames) < minimum:
-            raise ConfigError(f"--{flag} {frames} gives crops of {crop_length(frames)} samples, but {name} needs at "
-                              f"least {minimum}; use --{flag} {math.ceil((minimum - crop_length(0)) / 160)} or more")

@@ -15,7 +15,8 @@ MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk"
            "test_interval": 1, "max_epoch": 1, "nPerSpeaker": 1, "nClasses": 1, "num_eval": 1, "n_mels": 1,
            "nOut": 1, "weight_decay": 0, "length_tolerance": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1,
            "nproc": 0, "gpu_id": 0, "freeze_backbone_epochs": 0, "backbone_lr_factor": 0,
-           "save_last_epochs": 0, "lr_reference_batch": 0}
+           "save_last_epochs": 0, "keep_last": 0, "keep_best": 0,
+           "lr_reference_batch": 0}
 POSITIVE = ("lr", "lr_decay", "scale")
 
 
@@ -78,6 +79,11 @@ FLAG_GROUPS = {
         ("save_last_epochs", int, 0, "also save a checkpoint (without evaluating) at each of the last N epochs, for "
                                      "averageModels.py --last N (wespeaker saves its last num_avg epochs); 0: only "
                                      "every --test_interval epochs"),
+        ("keep_last", int, 0, "keep the newest N epoch checkpoints (model<epoch>.model and its .eer) and remove older "
+                              "ones after each save; the newest, resume.model and those of the last "
+                              "--save_last_epochs epochs always stay; 0 with --keep_best 0: keep every checkpoint"),
+        ("keep_best", int, 0, "also keep the N epoch checkpoints of lowest validation EER (their .eer files); with "
+                              "--keep_last 0 only these and the ones that always stay are kept"),
     ],
     "Optimizer and scheduler": [
         ("optimizer", str, "adam", "optimizer plug-in in optimizer/"),

@@ -77,6 +77,8 @@ class OptimisationSettings:
     freeze_backbone_epochs: int
     backbone_lr_factor: float
     save_last_epochs: int
+    keep_last: int
+    keep_best: int
     lr_reference_batch: int
 
 

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from runtime import atomic_files, checkpoints
+from runtime import atomic_files, checkpoint_files
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_partial(tmp_path):
@@ -23,7 +23,7 @@ def test_a_completed_write_replaces_the_file(tmp_path):
     atomic_files.write_text(target, "a: 2\n")
     assert target.read_text() == "a: 2\n" and [path.name for path in tmp_path.iterdir()] == ["config.yaml"]
     assert atomic_files.partial_path(target).name == ".config.yaml.partial"
-    assert not checkpoints.CHECKPOINT_GLOB.startswith(".")  # temporary names never look like checkpoints
+    assert not checkpoint_files.CHECKPOINT_GLOB.startswith(".")  # temporary names never look like checkpoints
 
 
 def test_checkpoints_are_flushed_with_their_folder(tmp_path, monkeypatch):
@@ -32,6 +32,6 @@ def test_checkpoints_are_flushed_with_their_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda handle: synced.append(os.path.realpath(f"/proc/self/fd/{handle}"))
                         or real_fsync(handle))
     path = tmp_path / "model000000001.model"
-    checkpoints.write_atomically({"epoch": 1, "weights": torch.ones(3)}, path)
+    checkpoint_files.write_atomically({"epoch": 1, "weights": torch.ones(3)}, path)
     assert synced == [str(tmp_path / ".model000000001.model.partial"), str(tmp_path)]
     assert torch.load(path, weights_only=True)["epoch"] == 1

@@ -1,4 +1,4 @@
-"""Checkpoint averaging: checkpoints.average_weights on fabricated weights, the averageModels.py command line and
+"""Checkpoint averaging: runtime.averaging.average_weights on fabricated weights, the averageModels.py command line and
 its one-line errors, and the average of a real tiny training run loading for --eval and as --initial_model."""
 import os
 import subprocess
@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import averageModels
-from runtime import checkpoints
-from runtime.checkpoints import CheckpointError, average_weights
+from runtime import checkpoint_files
+from runtime.averaging import average_weights
+from runtime.checkpoint_files import CheckpointError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ def weights(scale: float, batches: int = 5) -> dict:
 
 def save(path: Path, state: dict, epoch: int = 1, args: dict | None = None) -> str:
     """Write `state` as one of our training checkpoints."""
-    torch.save({"model_state_dict": state, "epoch": epoch, "format": checkpoints.FORMAT_TAG,
+    torch.save({"model_state_dict": state, "epoch": epoch, "format": checkpoint_files.FORMAT_TAG,
                 "args": args or {"model": "ResNetSE34L", "epoch_of_args": epoch}}, path)
     return str(path)
 
@@ -78,7 +79,7 @@ def test_cli_averages_the_newest_epochs_by_number(tmp_path, capsys):
     output = tmp_path / "avg.model"
     assert averageModels.main(["--save_path", str(tmp_path / "exp"), "--last", "3", "--output", str(output)]) == 0
     content = torch.load(output, weights_only=True)
-    assert content["format"] == checkpoints.FORMAT_TAG
+    assert content["format"] == checkpoint_files.FORMAT_TAG
     assert [Path(path).name for path in content["averaged_from"]] == ["model09.model", "model010.model",
                                                                       "model011.model"]
     assert content["args"] == {"model": "ResNetSE34L", "epoch_of_args": 11}
@@ -94,7 +95,7 @@ def test_last_takes_the_last_epochs_and_refuses_gaps(tmp_path, capsys):
     for epoch in (*range(5, 150, 5), 148, 149, 150):
         save(model / f"model{epoch:09d}.model", weights(float(epoch)), epoch=epoch)
     picked = averageModels.last_epoch_checkpoints(str(tmp_path / "exp"), 3)
-    assert [checkpoints.epoch_of(path) for path in picked] == [148, 149, 150]
+    assert [checkpoint_files.epoch_of(path) for path in picked] == [148, 149, 150]
     message = one_line_error(["--save_path", str(tmp_path / "exp"), "--last", "10", "--output",
                               str(tmp_path / "avg.model")], capsys)
     assert "no checkpoint of epoch 141-144, 146-147 of the last 10 epochs (to 150)" in message
@@ -105,9 +106,9 @@ def test_cli_averages_the_inputs_it_names(tmp_path):
     paths = [save(tmp_path / "a.model", weights(2.0), args={"nOut": 8}), save(tmp_path / "b.model", weights(6.0))]
     output = tmp_path / "avg.model"
     assert averageModels.main(["--inputs", *paths, "--output", str(output)]) == 0
-    content = checkpoints.read_checkpoint(output)
+    content = checkpoint_files.read_checkpoint(output)
     assert content["averaged_from"] == paths and content["args"]["epoch_of_args"] == 1
-    torch.testing.assert_close(checkpoints.model_weights(content)["__L__.weight"],
+    torch.testing.assert_close(checkpoint_files.model_weights(content)["__L__.weight"],
                                torch.full((4, 2), 4.0, dtype=torch.float16))
 
 
@@ -174,9 +175,9 @@ def test_average_of_a_real_run_loads_for_eval_and_training(tiny_corpus, tmp_path
                                "--output", str(output)], cwd=PROJECT_ROOT, capture_output=True, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert averaged.returncode == 0, averaged.stderr
-    epochs = [checkpoints.model_weights(checkpoints.read_checkpoint(save_path / "model" / f"model{e:09d}.model"))
+    epochs = [checkpoint_files.model_weights(checkpoint_files.read_checkpoint(save_path / "model" / f"model{e:09d}.model"))
               for e in (1, 2)]
-    content = checkpoints.read_checkpoint(output)
+    content = checkpoint_files.read_checkpoint(output)
     key = "__L__.weight"
     torch.testing.assert_close(content["model_state_dict"][key], (epochs[0][key] + epochs[1][key]) / 2)
     assert content["args"]["trainfunc"] == "subcenter_aamsoftmax"

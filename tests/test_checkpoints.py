@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from runtime import checkpoints
+from runtime import checkpoint_files
 
 
 class Backbone(nn.Module):
@@ -29,12 +29,12 @@ def source_weights() -> dict:
     return net.state_dict()
 
 
-def load_file(tmp_path, content) -> tuple[Net, checkpoints.LoadReport]:
+def load_file(tmp_path, content) -> tuple[Net, checkpoint_files.LoadReport]:
     path = tmp_path / "weights.model"
     torch.save(content, path)
     net = Net()
-    weights = checkpoints.model_weights(checkpoints.read_checkpoint(path), str(path))
-    return net, checkpoints.load_weights(net, weights, str(path))
+    weights = checkpoint_files.model_weights(checkpoint_files.read_checkpoint(path), str(path))
+    return net, checkpoint_files.load_weights(net, weights, str(path))
 
 
 def assert_same(net: Net, weights: dict):
@@ -46,7 +46,7 @@ def assert_same(net: Net, weights: dict):
 def test_state_dict_layouts_load_with_buffers(tmp_path, layout):
     weights = source_weights()
     content = {"bare": weights, "head": {"model_state_dict": weights, "optimizer_state_dict": {}, "epoch": 3},
-               "ours": {"model_state_dict": weights, "epoch": 3, "format": checkpoints.FORMAT_TAG}}[layout]
+               "ours": {"model_state_dict": weights, "epoch": 3, "format": checkpoint_files.FORMAT_TAG}}[layout]
     net, report = load_file(tmp_path, content)
     assert_same(net, weights)
     assert net.__S__.window.tolist() == [0.5] * 5
@@ -83,31 +83,31 @@ def test_report_lists_missing_unexpected_and_mismatched(tmp_path):
 
 
 def test_checkpoint_sharing_no_key_is_an_error(tmp_path):
-    with pytest.raises(checkpoints.CheckpointError, match="shares no tensor with this model"):
+    with pytest.raises(checkpoint_files.CheckpointError, match="shares no tensor with this model"):
         load_file(tmp_path, {"__S__.conv9.weight": torch.zeros(3), "__S__.fc.weight": torch.zeros(9, 9)})
 
 
 def test_missing_and_damaged_files(tmp_path):
-    with pytest.raises(checkpoints.CheckpointError, match="Checkpoint not found"):
-        checkpoints.read_checkpoint(tmp_path / "absent.model")
+    with pytest.raises(checkpoint_files.CheckpointError, match="Checkpoint not found"):
+        checkpoint_files.read_checkpoint(tmp_path / "absent.model")
     damaged = tmp_path / "model000000002.model"
     torch.save(source_weights(), damaged)
     damaged.write_bytes(damaged.read_bytes()[:200])  # a half-written file
-    with pytest.raises(checkpoints.CheckpointError, match="Cannot read checkpoint"):
-        checkpoints.read_checkpoint(damaged)
+    with pytest.raises(checkpoint_files.CheckpointError, match="Cannot read checkpoint"):
+        checkpoint_files.read_checkpoint(damaged)
     text = tmp_path / "notes.model"
     text.write_text("not a checkpoint")
-    with pytest.raises(checkpoints.CheckpointError, match="Cannot read checkpoint"):
-        checkpoints.read_checkpoint(text)
+    with pytest.raises(checkpoint_files.CheckpointError, match="Cannot read checkpoint"):
+        checkpoint_files.read_checkpoint(text)
 
 
 def test_atomic_write_and_listing(tmp_path):
     weights = source_weights()
     for epoch in (10, 2):
-        checkpoints.write_atomically({"model_state_dict": weights, "epoch": epoch}, tmp_path / f"model{epoch:09d}.model")
+        checkpoint_files.write_atomically({"model_state_dict": weights, "epoch": epoch}, tmp_path / f"model{epoch:09d}.model")
     (tmp_path / "model000000011.model.tmp").write_bytes(b"partial")
-    listed = checkpoints.saved_checkpoints(str(tmp_path))
-    assert [checkpoints.epoch_of(path) for path in listed] == [2, 10]
+    listed = checkpoint_files.saved_checkpoints(str(tmp_path))
+    assert [checkpoint_files.epoch_of(path) for path in listed] == [2, 10]
     assert not list(tmp_path.glob("model00000001[0].model.tmp"))
     content = torch.load(listed[-1], weights_only=True)  # how the original's HEAD loader reads it
     assert content["epoch"] == 10 and set(content["model_state_dict"]) == set(weights)
@@ -120,10 +120,10 @@ def test_speed_perturbed_classifier_keeps_its_first_classes(tmp_path, capsys):
     model.__S__ = torch.nn.Linear(3, 4)
     file_weights = {"__L__.weight": torch.arange(60.0).reshape(15, 4), "__L__.bias": torch.arange(15.0),
                     "__S__.weight": torch.ones(4, 3), "__S__.bias": torch.ones(4)}
-    report = checkpoints.load_weights(model, file_weights, "sp.model")
+    report = checkpoint_files.load_weights(model, file_weights, "sp.model")
     assert torch.equal(model.__L__.weight, file_weights["__L__.weight"][:5])
     assert torch.equal(model.__L__.bias, torch.arange(5.0)) and not report.mismatched
     assert sorted(name for name, _, _ in report.truncated) == ["__L__.bias", "__L__.weight"]
     assert "loss classes kept: the first ones of the file's (2)" in report.text()
     odd = dict(file_weights, **{"__L__.weight": torch.zeros(7, 4)})  # 7 is no multiple of 5: not a class layout
-    assert [name for name, _, _ in checkpoints.load_weights(model, odd, "x").mismatched] == ["__L__.weight"]
+    assert [name for name, _, _ in checkpoint_files.load_weights(model, odd, "x").mismatched] == ["__L__.weight"]

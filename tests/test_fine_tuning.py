@@ -13,7 +13,7 @@ from test_user_errors import stop_line
 import arguments
 import importModel
 import trainSpeakerNet
-from runtime import checkpoints, distributed, packages
+from runtime import checkpoint_files, distributed, packages
 from runtime.plugins import available_plugins
 from scheduler.warmup_exp import exponential_factor
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, batchnorm_layers
@@ -51,7 +51,7 @@ def write_package(path, settings: dict, seed: int = 3) -> dict[str, torch.Tensor
     """Write a package of a fresh network built with `settings`; returns its weights."""
     torch.manual_seed(seed)
     weights = SpeakerNet(**settings).state_dict()
-    checkpoints.write_atomically(packages.package_content(weights, settings), path)
+    checkpoint_files.write_atomically(packages.package_content(weights, settings), path)
     return {name: tensor for name, tensor in weights.items() if name.startswith("__S__.")}
 
 
@@ -66,7 +66,7 @@ PACKAGE_SETTINGS = dict(model="ECAPA_TDNN", channels=1024, nOut=192, n_mels=80, 
 
 def test_package_fills_the_architecture_for_training_not_the_loss(tmp_path):
     path = tmp_path / "released.pkg"
-    checkpoints.write_atomically(packages.package_content({"__S__.w": torch.zeros(1)}, PACKAGE_SETTINGS), path)
+    checkpoint_files.write_atomically(packages.package_content({"__S__.w": torch.zeros(1)}, PACKAGE_SETTINGS), path)
     args = arguments.parse_arguments(["--initial_model", str(path), "--trainfunc", "softmax", "--nClasses", "6",
                                       "--nOut", "256"])
     assert (args.model, args.channels, args.n_mels, args.log_input, args.encoder_type) == (
@@ -83,7 +83,7 @@ def test_package_fills_the_architecture_for_training_not_the_loss(tmp_path):
 
 def test_yaml_wins_over_the_package(tmp_path):
     path = tmp_path / "released.pkg"
-    checkpoints.write_atomically(packages.package_content({"__S__.w": torch.zeros(1)}, PACKAGE_SETTINGS), path)
+    checkpoint_files.write_atomically(packages.package_content({"__S__.w": torch.zeros(1)}, PACKAGE_SETTINGS), path)
     config = tmp_path / "finetune.yaml"
     config.write_text(yaml.safe_dump({"trainfunc": "aamsoftmax", "n_mels": 64}))
     args = arguments.parse_arguments(["--initial_model", str(path), "--config", str(config)])
@@ -236,15 +236,15 @@ def test_a_resume_restores_both_groups(scheduler, tmp_path):
     advance(uninterrupted, 6)
     uninterrupted.saveParameters(str(tmp_path / "state.model"), epoch=6)
     resumed = make_trainer(**flags, seed=1)
-    resumed.resume(str(tmp_path / "state.model"), checkpoints.read_checkpoint(tmp_path / "state.model"))
+    resumed.resume(str(tmp_path / "state.model"), checkpoint_files.read_checkpoint(tmp_path / "state.model"))
     for _ in range(3):
         assert group_lrs(resumed) == pytest.approx(group_lrs(uninterrupted), rel=1e-12)
         assert group_lrs(resumed)[0] == pytest.approx(0.2 * group_lrs(resumed)[1], rel=1e-9)
         advance(uninterrupted, 1)
         advance(resumed, 1)
     other = make_trainer(**{**flags, "backbone_lr_factor": 0.5})
-    with pytest.raises(checkpoints.CheckpointError, match="was trained with --backbone_lr_factor 0.2; continue"):
-        other.resume(str(tmp_path / "state.model"), checkpoints.read_checkpoint(tmp_path / "state.model"))
+    with pytest.raises(checkpoint_files.CheckpointError, match="was trained with --backbone_lr_factor 0.2; continue"):
+        other.resume(str(tmp_path / "state.model"), checkpoint_files.read_checkpoint(tmp_path / "state.model"))
 
 
 @pytest.mark.parametrize("optimizer", available_plugins("optimizer"))
@@ -295,7 +295,7 @@ def fine_tuning_run(corpus: dict, save_path, package, *extra: str) -> list[str]:
 
 
 def saved_part(save_path, epoch: int, prefix: str) -> dict[str, torch.Tensor]:
-    content = checkpoints.read_checkpoint(save_path / "model" / f"model{epoch:09d}.model")
+    content = checkpoint_files.read_checkpoint(save_path / "model" / f"model{epoch:09d}.model")
     return {name: tensor for name, tensor in content["model_state_dict"].items() if name.startswith(prefix)}
 
 

@@ -8,7 +8,7 @@ from test_models import bn_keys, count_parameters
 
 import arguments
 from models.SincFilterbank import ParamSincFilterbank, SincConv, hz_to_mel
-from runtime import checkpoints
+from runtime import checkpoint_files
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
 
 HALF_SECOND = 8000
@@ -203,7 +203,7 @@ def test_release_file_loads_into_speakernet(model, tmp_path):
     net = SpeakerNet(**vars(arguments.parse_arguments(RECIPE))).eval()
     waves = torch.randn(2, HALF_SECOND)
     assert not torch.equal(net.__S__.fc6.weight, model.fc6.weight)
-    report = checkpoints.load_weights(net, checkpoints.model_weights(checkpoints.read_checkpoint(path)), str(path))
+    report = checkpoint_files.load_weights(net, checkpoint_files.model_weights(checkpoint_files.read_checkpoint(path)), str(path))
     assert len(report.loaded) == 234 and not report.unexpected and not report.mismatched
     assert report.missing == ["__L__.weight"]
     with torch.no_grad():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import checkpoints
 from runtime import device as placement
+from runtime import training_state
 from runtime.errors import ConfigError
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, batchnorm_buffers
 
@@ -101,7 +101,7 @@ def test_skipped_float32_step_restores_batchnorm_statistics():
 
 def payload_of(trainer: ModelTrainer, epoch: int = 1) -> dict:
     """What trainer.saveParameters writes after `epoch`."""
-    return checkpoints.training_payload(trainer.recoverables(), epoch, None, trainer.record)
+    return training_state.training_payload(trainer.recoverables(), epoch, None, trainer.record)
 
 
 def saved_payload(trainer: ModelTrainer) -> dict:
@@ -142,40 +142,40 @@ def test_resume_of_a_checkpoint_saved_before_scalers_existed():
 # ---------------------------------------------------------------- random states
 
 def test_rng_states_round_trip():
-    saved = checkpoints.rng_states()
+    saved = training_state.rng_states()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    checkpoints.restore_rng_states(saved)
+    training_state.restore_rng_states(saved)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
 def test_cuda_states_of_more_gpus_than_visible(capsys):
     states = [torch.full((4,), index, dtype=torch.uint8) for index in range(4)]
-    kept = checkpoints.cuda_states_to_restore(states, visible=2)
+    kept = training_state.cuda_states_to_restore(states, visible=2)
     assert [state[0].item() for state in kept] == [0, 1]
     assert "random states of 4 GPUs and 2 are visible" in capsys.readouterr().err
-    assert [state[0].item() for state in checkpoints.cuda_states_to_restore(states[:1], visible=8)] == [0]
-    assert checkpoints.cuda_states_to_restore(states, visible=0) == []
+    assert [state[0].item() for state in training_state.cuda_states_to_restore(states[:1], visible=8)] == [0]
+    assert training_state.cuda_states_to_restore(states, visible=0) == []
 
 
 def test_restore_sets_each_visible_gpu_once(monkeypatch):
     calls = []
-    saved = checkpoints.rng_states()
+    saved = training_state.rng_states()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: calls.append((index, state[0].item())))
     saved["cuda"] = [torch.full((4,), 7, dtype=torch.uint8), torch.full((4,), 9, dtype=torch.uint8)]
-    checkpoints.restore_rng_states(saved)  # saved from 2 GPUs, restored where 1 is visible: no IndexError
+    training_state.restore_rng_states(saved)  # saved from 2 GPUs, restored where 1 is visible: no IndexError
     assert calls == [(0, 7)]
 
 
 def test_each_rank_restores_its_own_states(capsys):
     content = {"rng_state": "rank0", "rank_rng_states": ["rank0", "rank1", "rank2"]}
-    assert [checkpoints.own_rng_states(content, rank, 3) for rank in range(3)] == ["rank0", "rank1", "rank2"]
+    assert [training_state.own_rng_states(content, rank, 3) for rank in range(3)] == ["rank0", "rank1", "rank2"]
     assert capsys.readouterr().err == ""
-    assert checkpoints.own_rng_states(content, 1, 2) == "rank1"
+    assert training_state.own_rng_states(content, 1, 2) == "rank1"
     assert "random states of 3 processes and this run has 2" in capsys.readouterr().err
-    assert checkpoints.own_rng_states({"rng_state": "only"}, 0, 2) == "only"
-    assert checkpoints.own_rng_states({"rng_state": "only"}, 1, 2) is None
+    assert training_state.own_rng_states({"rng_state": "only"}, 0, 2) == "only"
+    assert training_state.own_rng_states({"rng_state": "only"}, 1, 2) is None
 
 
 def test_a_single_process_checkpoint_has_no_per_rank_states():
@@ -226,7 +226,7 @@ def test_initial_model_with_another_loss_head_loads_and_reports(tmp_path, capsys
 
 
 def test_initial_model_that_fills_almost_nothing_is_refused(tmp_path):
-    from runtime.checkpoints import CheckpointError
+    from runtime.checkpoint_files import CheckpointError
     weights = make_trainer().__model__.module.state_dict()
     path = tmp_path / "other.model"
     torch.save({key: value for key, value in weights.items() if key.startswith("__S__.layer1.0.")}, path)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from test_train_cli import checkpoint_names, epoch_log, run_cli, small_run
 
 import averageModels
-from loss.LossHelpers import additive_angular_margin
-from runtime import checkpoints, distributed
-from runtime.plugins import PluginError, build_plugin, check_classes, declared_options
+from loss.LossHelpers import additive_angular_margin, check_classes
+from runtime import checkpoint_files, distributed
+from runtime.plugins import PluginError, build_plugin, declared_options
 from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, scale_learning_rates
 
 EPOCH_ITER = 4  # batches per epoch of the simulated run
@@ -128,7 +128,7 @@ def test_checkpoints_keep_the_given_rates_and_a_resume_continues(tmp_path):
         trainer.train_network(epoch_batches(epoch), verbose=False, epoch=epoch)
     path = str(tmp_path / "model000000007.model")
     trainer.saveParameters(path, 7)
-    content = checkpoints.read_checkpoint(path)
+    content = checkpoint_files.read_checkpoint(path)
     assert (content["args"]["lr"], content["args"]["final_lr"], content["args"]["lr_reference_batch"]) == (0.1, 5e-5, 64)
 
     resumed = make_trainer(world_size=2)
@@ -263,7 +263,7 @@ def test_lm_stage_loads_the_whole_speed_perturbed_classifier_and_trains(tmp_path
     perturbed = make_trainer(nClasses=3 * speakers, lr_reference_batch=0)  # 4 speakers at 3 speeds
     path = str(tmp_path / "model000000150.model")
     perturbed.saveParameters(path, 150)
-    saved = checkpoints.model_weights(checkpoints.read_checkpoint(path))
+    saved = checkpoint_files.model_weights(checkpoint_files.read_checkpoint(path))
 
     check_classes("aamsoftmax", type(perturbed.__model__.module.__L__), 3 * speakers, speakers, "train_list.txt")
     torch.manual_seed(1)  # another initial classifier than the file's
@@ -298,13 +298,13 @@ def test_speed_perturbed_run_saves_its_last_epochs_and_the_lm_stage_keeps_every_
     assert [lr for _, lr in epoch_log(save_path).values()] == ["0.000500", "0.000500", "0.000250", "0.000250",
                                                                "0.000125", "0.000125"]  # StepLR halves every 2
     assert "lr: 0.001" in (save_path / "config.yaml").read_text()
-    assert checkpoints.read_checkpoint(save_path / "model" / "model000000006.model")["args"]["lr"] == 0.001
+    assert checkpoint_files.read_checkpoint(save_path / "model" / "model000000006.model")["args"]["lr"] == 0.001
 
     average_path = tmp_path / "average.model"
     assert averageModels.main(["--save_path", str(save_path), "--last", "3", "--output", str(average_path)]) == 0
-    epochs = [checkpoints.model_weights(checkpoints.read_checkpoint(save_path / "model" / f"model{e:09d}.model"))
+    epochs = [checkpoint_files.model_weights(checkpoint_files.read_checkpoint(save_path / "model" / f"model{e:09d}.model"))
               for e in (4, 5, 6)]
-    average = checkpoints.model_weights(checkpoints.read_checkpoint(average_path))
+    average = checkpoint_files.model_weights(checkpoint_files.read_checkpoint(average_path))
     floats = [name for name, value in average.items() if value.is_floating_point()]
     assert "__L__.weight" in floats and len(floats) > 20
     for name in floats:
@@ -315,5 +315,5 @@ def test_speed_perturbed_run_saves_its_last_epochs_and_the_lm_stage_keeps_every_
     assert f"Starting from {average_path}: the embedding model (__S__) is loaded from it" in lm.stdout
     assert "the loss head (__L__) is loaded from it (1 tensors)" in lm.stdout and "classes kept" not in lm.stdout
     assert np.isfinite(float(epoch_log(tmp_path / "lm")[1][0]))
-    final = checkpoints.model_weights(checkpoints.read_checkpoint(tmp_path / "lm" / "model" / "model000000001.model"))
+    final = checkpoint_files.model_weights(checkpoint_files.read_checkpoint(tmp_path / "lm" / "model" / "model000000001.model"))
     assert final["__L__.weight"].shape == (18, 32)
