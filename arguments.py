@@ -105,8 +105,8 @@ def config_entries(content: dict, config_path: str, plugins: dict[str, str]) -> 
             raise ConfigError(f"--config {config_path}: unknown section '{section}'; the sections are "
                               f"{', '.join(SECTION_FLAGS)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"--config {config_path}: section '{section}' must hold 'key: value' lines, found a "
-                              f"{type(values).__name__}")
+            raise ConfigError(f"--config {config_path}: section '{section}' must hold 'key: value' lines, found "
+                              f"{values!r}")
         allowed = section_keys(section, plugins)
         for key, value in values.items():
             where = f"{section}.{key}"

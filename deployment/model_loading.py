@@ -91,7 +91,7 @@ def load_speaker_net(checkpoint: str, config: str | None, device: torch.device,
     content = checkpoints.read_checkpoint(checkpoint)
     saved_args = content.get("args", {}) if isinstance(content.get("args"), dict) else {}
     settings = resolve_settings(saved_args, config, overrides)
-    net = place_on(SpeakerNet(**settings), device).eval()
+    net = place_on(SpeakerNet(**{**settings, "device": str(device)}), device).eval()
     report = checkpoints.load_weights(net, checkpoints.model_weights(content, checkpoint), checkpoint)
     if report.missing_in("__S__.") or report.mismatched_in("__S__."):
         print(report.text())

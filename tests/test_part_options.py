@@ -140,9 +140,9 @@ ERRORS = {
         "key 'frontend_args.n_mels' is not a setting of the front end; frontend_args takes frontend, "
         "frontend_window, waveform_scale, preemphasis, dither, mean_norm ('n_mels' belongs in model_args)"),
     "a section that is a list": (
-        {"loss_args": ["margin", 0.2]}, "section 'loss_args' must hold 'key: value' lines, found a list"),
+        {"loss_args": ["margin", 0.2]}, "section 'loss_args' must hold 'key: value' lines, found ['margin', 0.2]"),
     "a section that is a value": (
-        {"model_args": 256}, "section 'model_args' must hold 'key: value' lines, found a int"),
+        {"model_args": 256}, "section 'model_args' must hold 'key: value' lines, found 256"),
     "an unknown section": (
         {"data_args": {"batch_size": 2}},
         "unknown section 'data_args'; the sections are model_args, frontend_args, loss_args, optimizer_args, "
@@ -245,3 +245,17 @@ def test_the_settings_are_not_changed_on_the_way(tmp_path):
     assert settings.flags == before and "steps_per_epoch" not in trainer.record
     assert trainer.__scheduler__.lr_lambdas[0].keywords["total_steps"] == settings.optimisation.max_epoch * 4
     assert "device" not in net.model_settings and net.model_settings["nOut"] == 8
+
+
+def test_inference_tools_read_the_sections_of_their_config(tmp_path):
+    """embedSpeaker.py and exportModel.py resolve a sectioned config like the trainer."""
+    from deployment.model_loading import resolve_settings
+
+    path = write_yaml(tmp_path, {"model": "ECAPA_TDNN", "trainfunc": "softmax",
+                                 "model_args": {"nOut": 32, "channels": 16}, "frontend_args": {"frontend": "kaldi"}})
+    settings = resolve_settings({"model": "ResNetSE34L", "nOut": 64}, path, {})
+    assert (settings["model"], settings["nOut"], settings["channels"], settings["frontend"]) == (
+        "ECAPA_TDNN", 32, 16, "kaldi")
+    bad = write_yaml(tmp_path, {"model_args": {"channels": 16}}, "bad.yaml")
+    with pytest.raises(ConfigError, match="key 'model_args.channels' is not a setting of the model ResNetSE34L"):
+        resolve_settings({"model": "ResNetSE34L", "trainfunc": "softmax"}, bad, {})
