@@ -8,33 +8,30 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import DatasetLoader
-from models.Fbanks import FRONTEND_KEYS, frontend_settings
+from models.Fbanks import frontend_settings
 from runtime import checkpoint_files, distributed, training_state
 from runtime.device import autocast_dtype
 from runtime.errors import DataError, UserError
-from runtime.plugins import PluginError, available_plugins, build_plugin, plugin_module
+from runtime.plugins import PluginError, available_plugins, build_plugin, plugin_arguments, plugin_module
 from runtime.run_control import RunControl
 from runtime.training_state import EpochTotals, Recoverables, ResumePoint
-
-# Flags that shape the embeddings besides the weights; a model's own OPTIONS do too.
-MODEL_OUTPUT_FLAGS = ("n_mels", "log_input", "encoder_type", "nOut", *FRONTEND_KEYS)
 
 
 class SpeakerNet(nn.Module):
     """The embedding model `__S__` and the training loss `__L__` (the original's state_dict keys).
 
-    Every flag reaches both plug-ins as a keyword argument; `optimizer` is accepted for the original's signature
-    and not used."""
+    The keyword arguments are flags (all of them, as the original passes them, or some); each plug-in receives its
+    part's (runtime.plugins.plugin_arguments). `optimizer` is accepted for the original's signature and not used."""
 
     def __init__(self, model: str, optimizer: str = "", trainfunc: str = "", nPerSpeaker: int = 1, **kwargs):
         super().__init__()
         self.__S__ = build_plugin("models", model, kwargs)
         check_frontend_flags(model, self.__S__, kwargs)
-        self.__L__ = build_plugin("loss", trainfunc, kwargs)
+        self.__L__ = build_plugin("loss", trainfunc, {**kwargs, "nPerSpeaker": nPerSpeaker})
         self.nPerSpeaker = nPerSpeaker
-        own_options = getattr(plugin_module("models", model), "OPTIONS", {})
-        self.model_settings = {"model": model, **{name: kwargs[name] for name in (*MODEL_OUTPUT_FLAGS, *own_options)
-                                                  if name in kwargs}}
+        # What shapes the embeddings besides the weights: the model's arguments, less the device it runs on.
+        arguments = plugin_arguments("models", model, kwargs)
+        self.model_settings = {"model": model, **{name: value for name, value in arguments.items() if name != "device"}}
 
     def forward(self, data: torch.Tensor, label: torch.Tensor | None = None):
         """Without a label: embeddings [N, nOut] of waveforms [N, samples]. With labels: waveforms
@@ -187,12 +184,14 @@ class ModelTrainer:
     """Trains a wrapped SpeakerNet, evaluates it on trial lists and saves/loads its checkpoints.
 
     The keyword arguments are every flag, as the original passes them: the optimizer and scheduler plug-ins
-    receive them, with the learning rates scaled by --lr_reference_batch for the `context`'s processes. `record`
-    is the configuration saved with each checkpoint (those flags as given when not given)."""
+    receive their part's (runtime.plugins.plugin_arguments), with the learning rates scaled by --lr_reference_batch
+    for the `context`'s processes, and the scheduler `steps_per_epoch` (the batches of one process in an epoch).
+    `record` is the configuration saved with each checkpoint (those flags as given when not given)."""
 
     def __init__(self, speaker_model: nn.Module, optimizer: str, scheduler: str, mixedprec: bool,
                  device: torch.device, nonfinite_limit: int = 20, precision: torch.dtype | None = None,
-                 record: dict | None = None, context: distributed.Context = distributed.Context(), **kwargs):
+                 record: dict | None = None, context: distributed.Context = distributed.Context(),
+                 steps_per_epoch: int = 1, **kwargs):
         self.__model__ = speaker_model
         self.device = device
         self.context = context
@@ -202,7 +201,8 @@ class ModelTrainer:
         kwargs, self.lr_scaling = scale_learning_rates(kwargs, scheduler, context.world_size)
         groups = parameter_groups(speaker_model.module, kwargs["lr"], self.backbone_lr_factor)
         self.__optimizer__ = build_plugin("optimizer", optimizer, kwargs, groups)
-        self.__scheduler__, self.lr_step = build_plugin("scheduler", scheduler, kwargs, self.__optimizer__)
+        scheduler_flags = {**kwargs, "steps_per_epoch": steps_per_epoch}
+        self.__scheduler__, self.lr_step = build_plugin("scheduler", scheduler, scheduler_flags, self.__optimizer__)
         if self.lr_step not in ("epoch", "iteration"):
             raise PluginError(f"Scheduler '{scheduler}' returned lr_step '{self.lr_step}'; "
                               "expected 'epoch' or 'iteration'")
@@ -213,11 +213,11 @@ class ModelTrainer:
 
     @classmethod
     def from_settings(cls, speaker_model: nn.Module, optimisation, device: torch.device, flags: dict,
-                      context: distributed.Context) -> ModelTrainer:
+                      context: distributed.Context, steps_per_epoch: int = 1) -> ModelTrainer:
         """The trainer of the optimisation settings; `flags` (every flag) go to the plug-ins and the checkpoints."""
         own = ("optimizer", "scheduler", "mixedprec", "device", "nonfinite_limit")
         return cls(speaker_model, optimisation.optimizer, optimisation.scheduler, optimisation.mixedprec, device,
-                   optimisation.nonfinite_limit, record=flags, context=context,
+                   optimisation.nonfinite_limit, record=flags, context=context, steps_per_epoch=steps_per_epoch,
                    **{key: value for key, value in flags.items() if key not in own})
 
     def autocast(self):

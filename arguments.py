@@ -11,8 +11,18 @@ import yaml
 
 from runtime.errors import ConfigError
 from runtime.packages import package_settings
-from runtime.plugins import PluginError, declared_options
-from settings.flags import FLAG_GROUPS, LIST_KEYS, RUN_MODE_KEYS, RUNTIME_KEYS, add_flag, check_ranges, str2bool
+from runtime.plugins import PluginError, declared_options, plugin_options
+from settings.flags import (
+    FLAG_GROUPS,
+    LIST_KEYS,
+    RUN_MODE_KEYS,
+    RUNTIME_KEYS,
+    SECTION_FLAGS,
+    SECTION_FOLDERS,
+    add_flag,
+    check_ranges,
+    str2bool,
+)
 from settings.sections import Settings
 
 PLUGIN_FLAGS = {"models": "model", "loss": "trainfunc", "optimizer": "optimizer", "scheduler": "scheduler"}
@@ -77,9 +87,65 @@ def flags_given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     return given
 
 
+def section_keys(section: str, plugins: dict[str, str]) -> tuple[str, ...]:
+    """The keys a YAML section takes: its part's framework flags and the options of the part's selected plug-in."""
+    folder = SECTION_FOLDERS.get(section)
+    return (*SECTION_FLAGS[section], *(plugin_options(folder, plugins[folder]) if folder else ()))
+
+
+def config_entries(content: dict, config_path: str, plugins: dict[str, str]) -> list[tuple[str, object, str]]:
+    """(key, value, where it was written) of each setting of a config, the keys of its sections (model_args: ...)
+    brought to the top level; `plugins` names the selected plug-in of each folder (whose OPTIONS its section takes)."""
+    entries = [(str(key), value, str(key)) for key, value in content.items() if not str(key).endswith("_args")]
+    written = {key: where for key, _, where in entries}
+    for section, values in content.items():
+        if not str(section).endswith("_args") or values is None:
+            continue
+        if section not in SECTION_FLAGS:
+            raise ConfigError(f"--config {config_path}: unknown section '{section}'; the sections are "
+                              f"{', '.join(SECTION_FLAGS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {config_path}: section '{section}' must hold 'key: value' lines, found "
+                              f"{values!r}")
+        allowed = section_keys(section, plugins)
+        for key, value in values.items():
+            where = f"{section}.{key}"
+            if key not in allowed:
+                raise ConfigError(f"--config {config_path}: key '{where}' is not a setting of "
+                                  f"{part_name(section, plugins)}; {section} takes {', '.join(allowed)}{home_of(key)}")
+            if key in written:
+                raise ConfigError(f"--config {config_path}: key '{key}' is given twice, as '{written[key]}' and as "
+                                  f"'{where}'; keep one")
+            written[key] = where
+            entries.append((key, value, where))
+    return entries
+
+
+def part_name(section: str, plugins: dict[str, str]) -> str:
+    """The part a section configures, in words: 'the model ResNet34', 'the front end'."""
+    folder = SECTION_FOLDERS.get(section)
+    return f"the {section.removesuffix('_args')} {plugins[folder]}" if folder else "the front end"
+
+
+def home_of(key: str) -> str:
+    """Where a key given in the wrong section belongs (another section, or the plug-ins that declare it), as the end
+    of an error ('' when nowhere)."""
+    homes = [section for section, flags in SECTION_FLAGS.items() if key in flags]
+    if homes:
+        return f" ('{key}' belongs in {homes[0]})"
+    declared = declared_options().get(key)
+    return f" ('{key}' is an option of {', '.join(sorted(declared))})" if declared else ""
+
+
+def selected_plugins(content: dict, args: argparse.Namespace) -> dict[str, str]:
+    """The plug-in of each folder a config selects: its own key (model: ...), else the flag's value."""
+    return {folder: str(content.get(flag) or getattr(args, flag)) for folder, flag in PLUGIN_FLAGS.items()}
+
+
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, config_path: str,
                  given: set[str]) -> None:
-    """YAML values win over the command line, cast with each flag's type (the original's semantics)."""
+    """YAML values (at the top level or in a part's section) win over the command line, cast with each flag's type
+    (the original's semantics)."""
     try:
         with open(config_path, encoding="utf-8") as handle:
             content = yaml.safe_load(handle) or {}
@@ -90,7 +156,7 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
     if not isinstance(content, dict):
         raise ConfigError(f"--config {config_path}: expected 'key: value' lines, found a {type(content).__name__}")
     actions = {action.dest: action for action in parser._actions}
-    for key, value in content.items():
+    for key, value, where in config_entries(content, config_path, selected_plugins(content, args)):
         if key not in actions or key == "config":
             warnings.warn(f"Ignored unknown parameter '{key}' in {config_path}", stacklevel=2)
             continue
@@ -103,11 +169,11 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
             value = value if value is None or cast is None else cast(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             type_name = "bool" if cast is str2bool else getattr(cast, "__name__", str(cast))
-            raise ConfigError(f"--config {config_path}: key '{key}' has value {value!r}, "
+            raise ConfigError(f"--config {config_path}: key '{where}' has value {value!r}, "
                               f"which is not a valid {type_name}") from None
         if key in given and getattr(args, key) != value:
             warnings.warn(f"--{key} {getattr(args, key)} from the command line is overridden by "
-                          f"{config_path} ({key}: {value}); using {value}", stacklevel=2)
+                          f"{config_path} ({where}: {value}); using {value}", stacklevel=2)
         setattr(args, key, value)
 
 

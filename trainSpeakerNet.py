@@ -217,7 +217,7 @@ def main_worker(context: distributed.Context, settings: Settings) -> None:
             torch.cuda.set_device(device)
         distributed.init_process_group(context, device, run.port)
     seed_everything(run.seed)
-    speaker_net = place_on(SpeakerNet(**settings.flags), device)
+    speaker_net = place_on(SpeakerNet(**{**settings.flags, "device": str(device)}), device)
     check_crop_lengths(getattr(speaker_net.__S__, "min_samples", 0), settings.data.max_frames,
                        settings.evaluation.eval_frames, settings.model.model)
     if context.distributed:
@@ -234,8 +234,8 @@ def main_worker(context: distributed.Context, settings: Settings) -> None:
             evaluation.run_evaluation(trainer, settings.evaluation)
         else:
             dataset, sampler = DatasetLoader.training_data(settings.data, context.rank, context.world_size)
-            flags = {**settings.flags, "steps_per_epoch": DatasetLoader.steps_per_epoch(sampler, settings.data)}
-            trainer = ModelTrainer.from_settings(wrapped, settings.optimisation, device, flags, context)
+            trainer = ModelTrainer.from_settings(wrapped, settings.optimisation, device, settings.flags, context,
+                                                 DatasetLoader.steps_per_epoch(sampler, settings.data))
             train(trainer, settings, context, dataset, sampler)
     finally:
         if context.distributed:
@@ -308,7 +308,7 @@ def run(argv: list[str]) -> int:
                                   os.environ.get("CUDA_VISIBLE_DEVICES"))
     if visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    settings = replace(settings, run=replace(settings.run, device=device), flags={**settings.flags, "device": device})
+    settings = replace(settings, run=replace(settings.run, device=device))
     resolve_device(device)
     print(f"Python {sys.version.split()[0]}, PyTorch {torch.__version__}, "
           f"{torch.cuda.device_count()} GPU(s), save path {settings.run.save_path}")

@@ -41,6 +41,14 @@ def _cast(name: str, value, source: str):
                          f"got {value!r}") from error
 
 
+def config_values(content: dict, config: str, checkpoint_args: dict, overrides: dict) -> dict:
+    """A config's settings with its sections (model_args: ...) flattened; each section is checked against the
+    plug-in the command line, else the config, else the checkpoint selects."""
+    plugins = {folder: str(overrides.get(flag) or content.get(flag) or checkpoint_args.get(flag)
+                           or TRAINER_FLAGS[flag].default) for folder, flag in arguments.PLUGIN_FLAGS.items()}
+    return {key: value for key, value, _ in arguments.config_entries(content, config, plugins)}
+
+
 def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict) -> dict:
     """Model settings: trainer defaults < the checkpoint's saved args < the config YAML < explicit values.
 
@@ -58,7 +66,7 @@ def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict)
             raise ConfigError(f"--config {config} is not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(content, dict):
             raise ConfigError(f"--config {config}: expected 'key: value' lines, found a {type(content).__name__}")
-        layers.append((content, config))
+        layers.append((config_values(content, config, checkpoint_args, overrides), config))
     layers.append((overrides, "command line"))
     for values, source in layers:
         for name, value in values.items():
@@ -83,7 +91,7 @@ def load_speaker_net(checkpoint: str, config: str | None, device: torch.device,
     content = checkpoint_files.read_checkpoint(checkpoint)
     saved_args = content.get("args", {}) if isinstance(content.get("args"), dict) else {}
     settings = resolve_settings(saved_args, config, overrides)
-    net = place_on(SpeakerNet(**settings), device).eval()
+    net = place_on(SpeakerNet(**{**settings, "device": str(device)}), device).eval()
     report = checkpoint_files.load_weights(net, checkpoint_files.model_weights(content, checkpoint), checkpoint)
     if report.missing_in("__S__.") or report.mismatched_in("__S__."):
         print(report.text())

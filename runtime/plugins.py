@@ -1,4 +1,5 @@
-"""Plug-ins found by file name in models/, loss/, optimizer/ and scheduler/, and the options they declare."""
+"""Plug-ins found by file name in models/, loss/, optimizer/ and scheduler/, the options they declare and the
+keyword arguments each receives."""
 from __future__ import annotations
 
 import functools
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from runtime.errors import UserError
+from settings.flags import SECTION_FLAGS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_KINDS = {  # folder -> (flag, attribute every plug-in must define)
@@ -16,6 +18,15 @@ PLUGIN_KINDS = {  # folder -> (flag, attribute every plug-in must define)
     "scheduler": ("--scheduler", "Scheduler"),
 }
 OPTION_TYPES = (int, float, str, bool)
+# The framework flags the plug-ins of each folder receive as keyword arguments besides their own OPTIONS: their
+# part's YAML section, the flags of other parts that the original's plug-ins read (a loss's nOut, a scheduler's lr,
+# max_epoch and test_interval), a model's front end and device, and a scheduler's steps_per_epoch.
+RECEIVED_FLAGS = {
+    "models": (*SECTION_FLAGS["model_args"], *SECTION_FLAGS["frontend_args"], "device"),
+    "loss": ("nOut", *SECTION_FLAGS["loss_args"]),
+    "optimizer": SECTION_FLAGS["optimizer_args"],
+    "scheduler": ("lr", "max_epoch", "test_interval", *SECTION_FLAGS["scheduler_args"], "steps_per_epoch"),
+}
 
 
 class PluginError(UserError, ValueError):
@@ -46,12 +57,24 @@ def load_plugin(folder: str, name: str):
     return getattr(plugin_module(folder, name), PLUGIN_KINDS[folder][1])
 
 
-def build_plugin(folder: str, name: str, kwargs: dict, *args):
-    """Construct a plug-in (`args` first: an optimizer's parameters, a scheduler's optimizer); a setting it
-    rejects (a ValueError) becomes a PluginError naming it."""
+def plugin_options(folder: str, name: str) -> tuple[str, ...]:
+    """The names of the options plug-in `folder/name.py` declares in its OPTIONS."""
+    return tuple(getattr(plugin_module(folder, name), "OPTIONS", {}))
+
+
+def plugin_arguments(folder: str, name: str, flags: dict) -> dict:
+    """The keyword arguments of plug-in `folder/name.py`: the values in `flags` of its folder's RECEIVED_FLAGS and
+    of its own OPTIONS (a key missing from `flags` is left to the plug-in's default)."""
+    wanted = (*RECEIVED_FLAGS[folder], *plugin_options(folder, name))
+    return {key: flags[key] for key in wanted if key in flags}
+
+
+def build_plugin(folder: str, name: str, flags: dict, *args):
+    """Construct a plug-in from its plugin_arguments of `flags` (`args` first: an optimizer's parameters, a
+    scheduler's optimizer); a setting it rejects (a ValueError) becomes a PluginError naming it."""
     factory = load_plugin(folder, name)
     try:
-        return factory(*args, **kwargs)
+        return factory(*args, **plugin_arguments(folder, name, flags))
     except ValueError as error:
         raise PluginError(f"{folder}/{name}.py: {error}") from error
 

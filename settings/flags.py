@@ -192,6 +192,18 @@ FLAG_GROUPS = {
                                           "0: equal lengths only, every utterance embedded whole"),
     ],
 }
+FRONTEND_FLAGS = tuple(name for name, *_ in FLAG_GROUPS["Front end (fbank models)"])
+# The YAML sections of the parts (model_args: {nOut: 256}): the framework flags each holds. The section of a
+# plug-in folder (SECTION_FOLDERS) also holds the options the selected plug-in declares in its OPTIONS.
+SECTION_FLAGS = {
+    "model_args": ("nOut", "n_mels", "log_input", "encoder_type"),
+    "frontend_args": FRONTEND_FLAGS,
+    "loss_args": ("nClasses", "margin", "scale", "easy_margin", "hard_prob", "hard_rank", "nPerSpeaker"),
+    "optimizer_args": ("lr", "weight_decay"),
+    "scheduler_args": ("lr_decay",),
+}
+SECTION_FOLDERS = {"model_args": "models", "loss_args": "loss", "optimizer_args": "optimizer",
+                   "scheduler_args": "scheduler"}
 
 
 def check_ranges(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """One typed settings object, built once from flags + YAML, with a section for each part of the framework.
 
-Each part takes its own section; plug-ins keep the original's contract and receive every flag (`Settings.flags`)."""
+Each part takes its own section; each plug-in receives its part's flags from `Settings.flags`
+(runtime.plugins.plugin_arguments)."""
 from __future__ import annotations
 
 import argparse
@@ -151,7 +152,8 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every section, and every flag by name for the plug-ins (their contract) and for saving the run."""
+    """Every section, and every flag by name: the plug-ins' keyword arguments are drawn from it, and the run saves
+    it."""
 
     data: DataSettings
     model: ModelSettings
@@ -162,7 +164,7 @@ class Settings:
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> Settings:
-        """The sections of parsed flags (plug-in options stay in `flags`, which the plug-ins receive)."""
+        """The sections of parsed flags (plug-in options stay in `flags`, from which the plug-ins receive them)."""
         values = dict(vars(args))
         return cls(data=section(DataSettings, values), model=section(ModelSettings, values),
                    optimisation=section(OptimisationSettings, values),

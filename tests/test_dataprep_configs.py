@@ -17,7 +17,9 @@ def test_the_recipes_are_there():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
 def test_recipe_is_consistent(path):
-    config = yaml.safe_load(path.read_text())
+    content = yaml.safe_load(path.read_text())
+    plugins = arguments.selected_plugins(content, arguments.parse_arguments([]))
+    config = {key: value for key, value, _ in arguments.config_entries(content, str(path), plugins)}
     known = {action.dest for action in arguments.build_parser()._actions}
     assert set(config) <= known, f"unknown keys {set(config) - known}"
     importlib.import_module(f"models.{config['model']}")

@@ -180,14 +180,15 @@ def conv_model_file(preamble: str = "\n", parameters: str = "", kernel: str = "4
 
 
 def test_dropped_in_plugins_work_by_name(tiny_corpus, tmp_path):
+    """Plug-ins written for the original, which take the original's flags by name, get them."""
     project = copy_of_project(tmp_path)
-    (project / "models" / "TinyConv.py").write_text(conv_model_file())
+    (project / "models" / "TinyConv.py").write_text(conv_model_file(parameters=", *, n_mels, log_input, encoder_type"))
     (project / "loss" / "centroid.py").write_text(
         "import torch\nimport torch.nn as nn\n\n\n"
         "class LossFunction(nn.Module):\n"
         "    min_per_speaker, max_per_speaker = 2, None\n"
         "    test_normalize = True\n\n"
-        "    def __init__(self, **kwargs):\n"
+        "    def __init__(self, nOut, nClasses, margin, scale, hard_prob, hard_rank, nPerSpeaker, **kwargs):\n"
         "        super().__init__()\n\n"
         "    def forward(self, x, label=None):\n"
         "        spread = (x - x.mean(1, keepdim=True)).pow(2).mean()\n"
@@ -225,15 +226,18 @@ def test_evaluate_from_list_matches_the_score_file(tiny_corpus, tmp_path, traine
     assert labels.tolist() == [int(line.split()[0]) for line in Path(tiny_corpus["test_list"]).read_text().splitlines()]
 
 
-def test_dropped_in_model_declares_its_own_option(tiny_corpus, tmp_path):
-    """A model file with OPTIONS gets its flag and YAML key, and --help lists it, with no edit elsewhere."""
+@pytest.mark.parametrize("config", ["kernel_width: 240\n", "model_args:\n  kernel_width: 240\n"],
+                         ids=["flat", "section"])
+def test_dropped_in_model_declares_its_own_option(tiny_corpus, tmp_path, config):
+    """A model file with OPTIONS gets its flag and YAML key (flat or in model_args), and --help lists it, with no
+    edit elsewhere."""
     project = copy_of_project(tmp_path)
     (project / "models" / "WideConv.py").write_text(conv_model_file(
         "OPTIONS = {\"kernel_width\": (int, 400, \"WideConv: width of the first convolution in samples\")}\n\n\n",
         ", kernel_width=400", "kernel_width"))
     help_text = run_cli(["--help"], cwd=project).stdout
     assert "--kernel_width" in help_text and "WideConv: width of the first convolution" in help_text
-    (tmp_path / "wide.yaml").write_text("kernel_width: 240\n")
+    (tmp_path / "wide.yaml").write_text(config)
     save_path = tmp_path / "wide_run"
     argv = small_run(tiny_corpus, save_path, "--model", "WideConv", "--max_epoch", "1", "--config",
                      str(tmp_path / "wide.yaml"))
