@@ -86,6 +86,13 @@ def test_every_shipped_config_loads(path):
     assert arguments.parse_settings(["--config", str(path)]).model.model
 
 
+def test_the_run_writes_a_flat_config_that_loads_again(tmp_path):
+    sectioned = parsed(write_yaml(tmp_path, SECTIONED))
+    written = arguments.resolved_config(arguments.parse_arguments(["--config", write_yaml(tmp_path, SECTIONED)]))
+    assert not any(key.endswith("_args") for key in written)
+    assert parsed(write_yaml(tmp_path, written, "written.yaml")) == sectioned
+
+
 def test_a_section_takes_the_plugin_chosen_on_the_command_line(tmp_path):
     path = write_yaml(tmp_path, {"model_args": {"channels": 16}})
     assert parsed(path, "--model", "ECAPA_TDNN")["channels"] == 16
