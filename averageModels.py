@@ -17,6 +17,7 @@ import sys
 import arguments
 from runtime import checkpoint_files
 from runtime.averaging import average_weights
+from runtime.atomic_files import check_not_an_input
 from runtime.errors import ConfigError, MissingFileError, run_command
 
 DEFAULT_LAST = 10
@@ -99,6 +100,7 @@ def run(argv: list[str]) -> int:
     if not os.path.isdir(folder):
         raise MissingFileError(f"--output {args.output}: the folder {folder} does not exist")
     paths = input_paths(args)
+    check_not_an_input(args.output, "--output", [("the input checkpoint", path) for path in paths])
     checkpoint_files.write_atomically(averaged_checkpoint(paths), args.output)
     print(f"Averaged {len(paths)} checkpoints ({os.path.basename(paths[0])} ... {os.path.basename(paths[-1])}) "
           f"into {args.output}")

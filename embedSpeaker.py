@@ -13,14 +13,14 @@ import torch.nn.functional as F
 
 import arguments
 import evaluation
-from audio.file_lists import check_files_exist
-from audio.kaldi_data import is_wav_scp, read_wav_scp
+from audio.file_lists import check_files_exist, is_wav_scp, read_list_lines
+from audio.kaldi_data import read_wav_scp
 from audio.reading import AUDIO_EXTENSIONS
 from deployment.model_loading import MODEL_SETTINGS, add_model_flags, load_speaker_net
 from deployment.onnx_embedder import OnnxEmbedder
 from deployment.pair_verifier import PairVerifier
-from evaluation.kaldi_embeddings import utterance_names, write_kaldi_embeddings
-from runtime.atomic_files import atomic_write
+from evaluation.kaldi_embeddings import KALDI_FOLDER_FILES, utterance_names, write_kaldi_embeddings
+from runtime.atomic_files import atomic_write, check_not_an_input, check_output_folder
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
 
 
@@ -37,8 +37,7 @@ class SpeakerEmbedder(PairVerifier):
                     length_tolerance: float = 0.0) -> dict[str, np.ndarray]:
         """`[crops, D]` float32 embeddings of files (paths relative to root), batched like --eval; whole utterances
         within `length_tolerance` of a batch's shortest are cut to its length (0: exactly --eval's embeddings)."""
-        check_files_exist([os.path.join(root, name) for name in files], "the files to embed", "--root",
-                          root or ".")
+        check_files_exist([os.path.join(root, name) for name in files], "the files to embed")
         embeddings = evaluation.extract_embeddings(self.net, files, root, self.settings["eval_frames"],
                                                    self.settings["num_eval"], num_workers, self.device,
                                                    length_tolerance=length_tolerance)
@@ -59,7 +58,8 @@ def average_embedding(crops: np.ndarray) -> np.ndarray:
 
 
 def input_files(source: str, root: str) -> tuple[list[str], str]:
-    """(paths relative to the root, root) of a file, a folder (searched recursively) or a list of paths."""
+    """(paths relative to the root, root) of a file, a folder (searched recursively) or a list of paths; the files
+    of a list must exist."""
     if os.path.isdir(source):
         found = [os.path.relpath(os.path.join(folder, name), source) for folder, _, names in os.walk(source)
                  for name in names if name.lower().endswith(AUDIO_EXTENSIONS)]
@@ -71,11 +71,13 @@ def input_files(source: str, root: str) -> tuple[list[str], str]:
     if source.lower().endswith(AUDIO_EXTENSIONS):
         return [os.path.basename(source)], os.path.dirname(source)
     if is_wav_scp(source):
-        return list(read_wav_scp(source, "source").values()), ""
-    with open(source, encoding="utf-8") as handle:
-        files = [line.split()[-1] for line in handle if line.strip()]
+        files = list(read_wav_scp(source).values())
+        check_files_exist(files, source)
+        return files, ""
+    files = [line.split()[-1] for line in read_list_lines(source, "list of paths") if line.strip()]
     if not files:
         raise DataError(f"The list {source} names no files")
+    check_files_exist([os.path.join(root, name) for name in files], source, "--root", root or ".")
     return files, root
 
 
@@ -91,6 +93,27 @@ def check_output(output: str | None, n_files: int) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     except OSError as error:
         raise ConfigError(f"Cannot create the folder of --output {output}: {error.strerror}") from None
+
+
+def read_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The files `embed` reads besides the audio (which no output can name: outputs are never audio files)."""
+    inputs = [("the source", args.source), ("--initial_model", args.initial_model), ("--onnx", args.onnx),
+              ("--config", args.config)]
+    if is_wav_scp(args.source):
+        inputs.append(("the source's utt2spk", os.path.join(os.path.dirname(args.source), "utt2spk")))
+    return inputs
+
+
+def check_outputs(args: argparse.Namespace, n_files: int) -> None:
+    """Raise before any embedding work when --output or --kaldi_dir cannot be written or would overwrite an input."""
+    check_output(args.output, n_files)
+    inputs = read_inputs(args)
+    if args.output:
+        check_not_an_input(args.output, "--output", inputs)
+    if args.kaldi_dir:
+        for name in KALDI_FOLDER_FILES:
+            check_not_an_input(os.path.join(args.kaldi_dir, name), "--kaldi_dir", inputs)
+        check_output_folder(args.kaldi_dir, "--kaldi_dir")
 
 
 def save_embeddings(embeddings: dict[str, np.ndarray], output: str) -> None:
@@ -157,8 +180,10 @@ def run(argv: list[str]) -> int:
         if args.length_tolerance < 0:
             raise ConfigError(f"--length_tolerance is a fraction of a length (0 or more), got {args.length_tolerance}")
         files, root = input_files(args.source, args.root)
-        check_output(args.output, len(files))
+        check_outputs(args, len(files))
         names = utterance_names(args.source, files) if args.kaldi_dir else None
+    else:
+        check_files_exist([args.enrol, args.test], "the pair to verify")
     if args.onnx:
         embedder = OnnxEmbedder(args.onnx, getattr(args, "calibration", None), config=args.config, **overrides)
     else:

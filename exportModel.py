@@ -12,7 +12,7 @@ import arguments
 from deployment.export import export_model
 from deployment.model_loading import MODEL_SETTINGS, add_model_flags, load_speaker_net
 from runtime import checkpoint_files, packages
-from runtime.atomic_files import check_output_file
+from runtime.atomic_files import check_not_an_input, check_output_file
 from runtime.errors import run_command
 
 FORMATS = ("package", "onnx", "torchscript")
@@ -37,6 +37,7 @@ def run(argv: list[str]) -> int:
     """Load the checkpoint, then write the package or the exported model."""
     args = build_parser().parse_args(argv)
     check_output_file(args.output)
+    check_not_an_input(args.output, "--output", [("--initial_model", args.initial_model), ("--config", args.config)])
     overrides = {name: getattr(args, name) for name in MODEL_SETTINGS}
     net, settings = load_speaker_net(args.initial_model, args.config, torch.device("cpu"), overrides)
     model_settings = {name: settings[name] for name in MODEL_SETTINGS if name in settings}

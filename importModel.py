@@ -16,7 +16,7 @@ from importers import READERS, ImportedRelease, ReleaseError
 from importers.release_files import file_sha256
 from importers.transfer import transfer
 from runtime import checkpoint_files, packages
-from runtime.atomic_files import check_output_file
+from runtime.atomic_files import check_not_an_input, check_output_file
 from runtime.errors import run_command
 from SpeakerNet import SpeakerNet
 
@@ -69,6 +69,7 @@ def run(argv: list[str]) -> int:
     check_output_file(args.output)
     started = time.perf_counter()
     release = READERS[args.toolkit](args.checkpoint)
+    check_not_an_input(args.output, "--output", [("the release file", path) for path in release.files])
     net, settings = imported_network(release)
     model_settings = {name: settings[name] for name in MODEL_SETTINGS if name in settings}
     content = packages.package_content(net.state_dict(), model_settings, provenance(release))

@@ -275,6 +275,9 @@ def check_inputs(settings: Settings, main: bool = True) -> Settings:
         if main and not run.initial_model and not checkpoint_files.has_training_state(run.model_save_path):
             raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {run.model_save_path}")
         evaluation.check_inputs(settings.evaluation, main)
+        if main:
+            evaluation.check_outputs(settings.evaluation, [("--initial_model", run.initial_model),
+                                                           ("--config", run.config)])
         return settings
     loss = load_plugin("loss", model.trainfunc)
     check_per_speaker(model.trainfunc, loss, model.nPerSpeaker)
@@ -292,6 +295,11 @@ def check_inputs(settings: Settings, main: bool = True) -> Settings:
     if settings.data.augment:
         DatasetLoader.check_augmentation_data(settings.data.musan_path, settings.data.rir_path,
                                               settings.data.augment_mix)
+    if optimisation.test_interval > optimisation.max_epoch:
+        if main:
+            print(f"--test_interval {optimisation.test_interval} is beyond --max_epoch {optimisation.max_epoch}: no "
+                  "validation will run, so no trial list is read")
+        return settings
     during_training = replace(settings.evaluation, test_list=settings.evaluation.test_list[:1], score_file="",
                               fit_calibration="", embeddings_cache="")
     trials = evaluation.check_inputs(during_training, main)[0][0]

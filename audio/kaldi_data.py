@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import os
 
-from audio.file_lists import read_list_lines, read_train_list
+from audio.file_lists import is_wav_scp, read_list_lines, read_train_list
 from runtime.errors import DataError, MissingFileError
 
 TRIAL_LABELS = {"target": 1, "nontarget": 0}
-
-
-def is_wav_scp(path: str) -> bool:
-    """Whether a list path names a Kaldi `wav.scp` (by its file name, as Kaldi's tools do)."""
-    return os.path.basename(path) == "wav.scp"
 
 
 def _table(path: str, what: str, flag: str) -> list[tuple[int, str, str]]:
@@ -29,7 +24,7 @@ def _table(path: str, what: str, flag: str) -> list[tuple[int, str, str]]:
     return rows
 
 
-def read_wav_scp(path: str, flag: str) -> dict[str, str]:
+def read_wav_scp(path: str, flag: str = "") -> dict[str, str]:
     """Utterance id -> audio path (relative paths are taken from the wav.scp's folder); pipes are refused."""
     folder = os.path.dirname(os.path.abspath(path))
     table = {}
@@ -43,7 +38,7 @@ def read_wav_scp(path: str, flag: str) -> dict[str, str]:
     return table
 
 
-def read_utt2spk(wav_scp: str, flag: str) -> list[tuple[int, str, str]]:
+def read_utt2spk(wav_scp: str, flag: str = "") -> list[tuple[int, str, str]]:
     """(line number, utterance, speaker) of the `utt2spk` beside a wav.scp."""
     path = os.path.join(os.path.dirname(wav_scp), "utt2spk")
     if not os.path.isfile(path):
@@ -72,11 +67,12 @@ def speakers_and_paths(wav_scp: str, flag: str = "--train_list") -> tuple[list[s
     return [speaker for _, _, speaker in rows], [paths[utterance] for _, utterance, _ in rows]
 
 
-def read_speaker_list(train_list: str, train_path: str) -> tuple[list[str], list[str]]:
-    """Speaker ids and full paths of a train list, or of a Kaldi wav.scp (with utt2spk beside it)."""
+def read_speaker_list(train_list: str, train_path: str, flag: str = "--train_list") -> tuple[list[str], list[str]]:
+    """Speaker ids and full paths of a train list, or of a Kaldi wav.scp (with utt2spk beside it); errors name
+    `flag`, the caller's flag of the list."""
     if is_wav_scp(train_list):
-        return speakers_and_paths(train_list)
-    return read_train_list(train_list, train_path)
+        return speakers_and_paths(train_list, flag)
+    return read_train_list(train_list, train_path, flag)
 
 
 def is_kaldi_trials(lines: list[str]) -> bool:

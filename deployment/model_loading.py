@@ -13,15 +13,20 @@ from runtime import checkpoint_files
 from runtime.device import place_on
 from runtime.errors import ConfigError, MissingFileError
 from runtime.plugins import declared_options
-from settings.flags import str2bool
+from settings.flags import FLAG_GROUPS, str2bool
 from settings.sections import ModelSettings
 from SpeakerNet import SpeakerNet
 
-# The settings that build and score a model: the model section, the plug-ins' own options and the crops and
-# scoring of --eval; their types and defaults come from the trainer's parser.
-MODEL_SETTINGS = (*(field.name for field in fields(ModelSettings)), *sorted(declared_options()),
-                  "eval_frames", "num_eval", "scoring")
-TRAINER_FLAGS = {action.dest: action for action in arguments.build_parser()._actions}
+# The settings that build and score a model, the flags of the tools that only embed: the model section less the
+# loss's training options (a loss changes scoring by its name alone), the model plug-ins' own options and the crops
+# and scoring of --eval. Their types and defaults come from the trainer's parser.
+LOSS_TRAINING_OPTIONS = {name for name, *_ in FLAG_GROUPS["Loss functions"]}
+MODEL_OPTIONS = {option for option, where in declared_options().items()
+                 if any(plugin.startswith("models/") for plugin in where)}
+MODEL_SETTINGS = (*(field.name for field in fields(ModelSettings) if field.name not in LOSS_TRAINING_OPTIONS),
+                  *sorted(MODEL_OPTIONS), "eval_frames", "num_eval", "scoring")
+TRAINER_FLAGS = {action.dest: action for action in arguments.build_parser()._actions
+                 if action.default is not argparse.SUPPRESS}
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,9 +57,9 @@ def config_values(content: dict, config: str, checkpoint_args: dict, overrides: 
 def resolve_settings(checkpoint_args: dict, config: str | None, overrides: dict) -> dict:
     """Model settings: trainer defaults < the checkpoint's saved args < the config YAML < explicit values.
 
-    Keys of the checkpoint args and the config that are not in MODEL_SETTINGS (e.g. a model's own options)
-    are passed on to the model unchanged."""
-    settings = {name: TRAINER_FLAGS[name].default for name in MODEL_SETTINGS}
+    Keys of the checkpoint args and the config that are not in MODEL_SETTINGS (e.g. a loss's or an optimiser's
+    options) are passed on to the model unchanged."""
+    settings = {name: action.default for name, action in TRAINER_FLAGS.items()}
     layers = [(checkpoint_args, "checkpoint args")]
     if config:
         try:

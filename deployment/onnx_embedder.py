@@ -70,8 +70,7 @@ class OnnxEmbedder(PairVerifier):
         """`[crops, D]` float32 embeddings of files (paths relative to root), cropped like --eval. Files go one at
         a time, so whole utterances are never trimmed: `length_tolerance` (kept for the torch path's call) and
         `num_workers` change nothing here."""
-        check_files_exist([os.path.join(root, name) for name in files], "the files to embed", "--root",
-                          root or ".")
+        check_files_exist([os.path.join(root, name) for name in files], "the files to embed")
         frames, crops = self.settings["eval_frames"], self.settings["num_eval"]
         return {name: self.embed(load_crops(os.path.join(root, name), frames, True, crops)) for name in files}
 

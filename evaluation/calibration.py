@@ -114,14 +114,14 @@ class Calibration:
                 content = json.load(handle)
         except OSError as error:
             raise MissingFileError(f"Cannot read calibration {path}: {error.strerror}; write one with "
-                                   "--fit_calibration") from error
+                                   "trainSpeakerNet.py --eval --fit_calibration") from error
         except json.JSONDecodeError as error:
             raise ConfigError(f"Calibration {path} is not valid JSON ({error})") from error
         missing = [item.name for item in fields(cls) if item.name not in content and item.default is MISSING
                    and item.default_factory is MISSING]
         if missing:
             raise ConfigError(f"Calibration {path} lacks the keys {', '.join(missing)}; write it again with "
-                              "--fit_calibration")
+                              "trainSpeakerNet.py --eval --fit_calibration")
         return cls(**{item.name: content[item.name] for item in fields(cls) if item.name in content})
 
     def check_matches(self, scoring: str, score_norm: str, path: str) -> None:

@@ -8,11 +8,13 @@ import os
 
 import numpy as np
 
-from audio.file_lists import read_list_lines
-from audio.kaldi_data import is_wav_scp, read_utt2spk, read_wav_scp
+from audio.file_lists import is_wav_scp, read_list_lines
+from audio.kaldi_data import read_utt2spk, read_wav_scp
 from audio.reading import AUDIO_EXTENSIONS
 from runtime.atomic_files import atomic_write, write_text
 from runtime.errors import DataError, MissingFileError
+
+KALDI_FOLDER_FILES = ("embedding.ark", "embedding.scp", "utt2spk", "spk2utt")  # what write_kaldi_embeddings writes
 
 
 def _check_keys(keys: list[str]) -> None:
@@ -64,11 +66,11 @@ def utterance_names(source: str, files: list[str]) -> tuple[dict[str, str], dict
     A wav.scp gives its ids (and the speakers of the utt2spk beside it, when there is one); otherwise the id is
     the file's name as given, and a train-style list (`<speaker> <path>` on every line) gives the speakers."""
     if is_wav_scp(source):
-        ids = {path: utterance for utterance, path in read_wav_scp(source, "source").items()}
+        ids = {path: utterance for utterance, path in read_wav_scp(source).items()}
         has_speakers = os.path.isfile(os.path.join(os.path.dirname(source), "utt2spk"))
-        return ids, {utt: spk for _, utt, spk in read_utt2spk(source, "source")} if has_speakers else None
+        return ids, {utt: spk for _, utt, spk in read_utt2spk(source)} if has_speakers else None
     ids = {name: name for name in files}
     if not os.path.isfile(source) or source.lower().endswith(AUDIO_EXTENSIONS):
         return ids, None
-    rows = [line.split() for line in read_list_lines(source, "list of paths", "source") if line.strip()]
+    rows = [line.split() for line in read_list_lines(source, "list of paths") if line.strip()]
     return ids, {row[1]: row[0] for row in rows} if all(len(row) == 2 for row in rows) else None

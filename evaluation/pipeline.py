@@ -27,7 +27,7 @@ def _cohort(settings: EvaluationSettings) -> dict[str, list[str]] | None:
     """The cohort speakers' full paths when score normalisation or centring needs them (files checked first)."""
     if settings.score_norm == "none" and not settings.center_embeddings:
         return None
-    speakers, paths = read_speaker_list(settings.cohort_list, settings.cohort_path)
+    speakers, paths = read_speaker_list(settings.cohort_list, settings.cohort_path, "--cohort_list")
     cohort = score_norm.select_cohort(speakers, paths, settings.cohort_size, settings.cohort_utterances)
     if settings.score_norm == "asnorm" and len(cohort) < settings.norm_topk:
         raise ConfigError(f"The cohort from {settings.cohort_list} has {len(cohort)} speakers, fewer than "
@@ -103,6 +103,21 @@ def _make_output_folders(settings: EvaluationSettings) -> None:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             except OSError as error:
                 raise ConfigError(f"Cannot create the folder of --{flag} {path}: {error.strerror}") from None
+
+
+def check_outputs(settings: EvaluationSettings, other_inputs: list[tuple[str, str | None]]) -> None:
+    """Refuse a score file, fitted calibration or embeddings cache that would overwrite an input of the evaluation:
+    a trial list, --calibration, the cohort list, or one of `other_inputs` ((flag, path) pairs of the caller)."""
+    inputs = [*other_inputs, *(("--test_list", path) for path in settings.test_list),
+              ("--calibration", settings.calibration)]
+    if settings.score_norm != "none" or settings.center_embeddings:
+        inputs.append(("--cohort_list", settings.cohort_list))
+    outputs = [("--score_file", score_file_for(settings.score_file, path, len(settings.test_list) > 1))
+               for path in settings.test_list if settings.score_file]
+    outputs += [("--fit_calibration", settings.fit_calibration), ("--embeddings_cache", settings.embeddings_cache)]
+    for flag, path in outputs:
+        if path:
+            atomic_files.check_not_an_input(path, flag, inputs)
 
 
 def score_file_for(score_file: str, list_path: str, several: bool) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from audio.file_lists import read_list_lines
 from preparation.archives import DataprepError, basic_auth, extract, fetch_verified, join_parts, md5sum
 from runtime.atomic_files import partial_path, publish, write_text
 
@@ -149,7 +150,7 @@ def check_trials(trial_list: Path, test_path: Path) -> tuple[int, list[str]]:
     if not trial_list.is_file():
         raise DataprepError(f"Trial list {trial_list} not found.")
     names = set()
-    for number, line in enumerate(trial_list.read_text().splitlines(), 1):
+    for number, line in enumerate(read_list_lines(str(trial_list), "trial list", "--check_trials"), 1):
         fields = line.split()
         if fields and len(fields) not in (2, 3):
             raise DataprepError(f"{trial_list}, line {number}: expected '<label> <enrol> <test>', found {line!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from runtime.errors import ConfigError
 
@@ -16,6 +16,33 @@ def check_output_file(output: str, flag: str = "--output") -> None:
         raise ConfigError(f"The folder of {flag} {output} does not exist; create {folder} first")
     if os.path.isdir(output):
         raise ConfigError(f"{flag} {output} is a folder; give a file name")
+
+
+def check_output_folder(folder: str, flag: str) -> None:
+    """Create an output folder now, before any work; refuse a file, or a folder that cannot be created or written."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"{flag} {folder} is a file; give a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"Cannot create {flag} {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {folder}: cannot write there; choose a folder you can write to")
+
+
+def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """Whether two paths name one file: links and relative parts resolved (os.path.samefile when both exist)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return os.path.realpath(first) == os.path.realpath(second)
+
+
+def check_not_an_input(output: str, flag: str, inputs: Iterable[tuple[str, str | None]]) -> None:
+    """Refuse an output that names one of the tool's own inputs, given as (what the tool calls it, path) pairs."""
+    for what, path in inputs:
+        if path and same_file(output, path):
+            raise ConfigError(f"{flag} {output} would overwrite {what} {path}; write to another file")
 
 
 def partial_path(path: str | os.PathLike) -> Path:

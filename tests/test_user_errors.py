@@ -62,7 +62,11 @@ CASES = {
                            r"t.txt line 1: expected '<speaker_id> <relative_path>'"),
     "empty train list": (lambda b, c: ["--train_list", b.file("t.txt", "\n\n")], r"holds no '<speaker_id>"),
     "train list not text": (lambda b, c: ["--train_list", b.file("t.txt", b"\xff\xfe\x00\x81")],
-                            r"is not UTF-8 text; check --train_list"),
+                            r"t.txt line 1 is not UTF-8 text \(byte 0xff at column 1\); save the train list as UTF-8; "
+                            r"check --train_list"),
+    "trial list not text": (lambda b, c: ["--test_list", b.file("trials.txt",
+                                                                trial_line(c).encode() + b"1 a\xe9.wav b.wav\n")],
+                            r"trials.txt line 2 is not UTF-8 text \(byte 0xe9 at column 4\)"),
     "train files missing": (lambda b, c: ["--train_path", "/no/audio"],
                             r"24 of 24 files named in .*train_list.txt do not exist under --train_path /no/audio"),
     "augment without MUSAN": (lambda b, c: ["--augment", "--musan_path", "/no/musan"],
