@@ -16,8 +16,8 @@ import sys
 
 import arguments
 from runtime import checkpoint_files
-from runtime.averaging import average_weights
 from runtime.atomic_files import check_not_an_input
+from runtime.averaging import average_weights
 from runtime.errors import ConfigError, MissingFileError, run_command
 
 DEFAULT_LAST = 10

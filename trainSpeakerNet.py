@@ -2,188 +2,26 @@
 """Train or evaluate a speaker-embedding network: flags + YAML -> Settings -> checks -> train or --eval."""
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import os
 import random
 import sys
-import time
-import zipfile
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 import DatasetLoader
 import evaluation
-from arguments import parse_settings, resolved_config
+from arguments import parse_settings
 from audio.reading import check_crop_lengths
 from loss.LossHelpers import check_classes, check_per_speaker
-from runtime import atomic_files, checkpoint_files, distributed
-from runtime.checkpoint_retention import Retention, remove_unkept_checkpoints
+from runtime import checkpoint_files, distributed
 from runtime.device import choose_gpus, place_on, resolve_device
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
 from runtime.plugins import load_plugin
-from runtime.run_control import RunControl
-from runtime.training_state import ResumePoint
 from settings.sections import RunSettings, Settings
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
-
-PROJECT_ROOT = Path(__file__).resolve().parent
-SNAPSHOT_SKIPS = {".venv", "tests", "benchmarks", "data", "exps"}  # folders not copied into the run's code snapshot
-
-
-def write_run_record(settings: Settings) -> None:
-    """Snapshot of the code (.zip), the flags (.cmd) and the resolved config (config.yaml) of the run."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
-    result_path = settings.run.result_save_path
-    with zipfile.ZipFile(os.path.join(result_path, f"run{stamp}.zip"), "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(PROJECT_ROOT.rglob("*.py")):
-            relative = path.relative_to(PROJECT_ROOT)
-            if not SNAPSHOT_SKIPS & set(relative.parts):
-                bundle.write(path, relative.as_posix())
-    flags = argparse.Namespace(**settings.flags)
-    atomic_files.write_text(os.path.join(result_path, f"run{stamp}.cmd"), str(flags))
-    atomic_files.write_text(os.path.join(settings.run.save_path, "config.yaml"),
-                            yaml.safe_dump(resolved_config(flags), sort_keys=False))
-
-
-def evaluate(trainer: ModelTrainer, settings: Settings) -> tuple[float, float] | tuple[None, None]:
-    """Evaluate during training on the first --test_list: (EER, MinDCF at --dcf_p_target) on rank 0."""
-    first_list = settings.evaluation.test_list[0]
-    results = evaluation.run_evaluation(trainer, replace(settings.evaluation, test_list=(first_list,), score_file="",
-                                                         fit_calibration=""))
-    if not results:
-        return None, None
-    result = results[first_list]
-    if "eer" not in result:
-        raise DataError(f"{first_list}: evaluation during training needs target and non-target trials")
-    return result["eer"], result["min_dcf"][settings.evaluation.dcf_p_target][0]
-
-
-def log_line(scorefile, line: str, end: str = "\n") -> None:
-    """Print a timestamped line and append it to result/scores.txt in the original's format."""
-    print(time.strftime("%Y-%m-%d %H:%M:%S"), line, flush=True)
-    scorefile.write(line + end)
-    scorefile.flush()
-
-
-def log_timing(result_save_path: str, epoch: int, timing: dict) -> None:
-    """Print where the epoch's time went and append it (with the LR) to result/timing.jsonl."""
-    print(f"Epoch {epoch} took {timing['seconds']:.1f} s: data wait {100 * timing['data_wait_share']:.1f}%, "
-          f"{timing['samples_per_second']:.1f} samples/s, {timing['nonfinite_steps']} non-finite steps skipped")
-    with open(os.path.join(result_save_path, "timing.jsonl"), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"epoch": epoch, **timing}) + "\n")
-
-
-def start_point(trainer: ModelTrainer, run: RunSettings, context: distributed.Context) -> ResumePoint:
-    """Continue this run from its own newest state; a new run starts from --initial_model or from scratch.
-
-    Rank 0 reads the files and sends them to the other ranks, so only its disk needs the save path."""
-    state = distributed.from_main(lambda: checkpoint_files.latest_state(run.model_save_path))
-    if state is not None:
-        point = trainer.resume(*state, rank=context.rank, world_size=context.world_size)
-        if context.is_main:
-            print(f"Resumed from {state[0]}; continuing with epoch {point.first_epoch}"
-                  + (f" after its first {point.skip_steps} batches" if point.skip_steps else "")
-                  + (f" (--initial_model {run.initial_model} was where this run started)"
-                     if run.initial_model else ""))
-        return point
-    if run.initial_model:
-        content = distributed.from_main(lambda: checkpoint_files.read_checkpoint(run.initial_model))
-        report = trainer.loadParameters(run.initial_model, content=content)
-        if context.is_main:
-            print(initial_model_summary(report, trainer.__model__.module, run.initial_model))
-    return ResumePoint()
-
-
-def initial_model_summary(report: checkpoint_files.LoadReport, net: SpeakerNet, path: str) -> str:
-    """One line on what a new run takes from --initial_model: the embedding model, the loss head, or both."""
-    parts = []
-    for prefix, name in (("__S__.", "the embedding model (__S__)"), ("__L__.", "the loss head (__L__)")):
-        own = [key for key in net.state_dict() if key.startswith(prefix)]
-        loaded = [key for key in report.loaded if key.startswith(prefix)]
-        if not own:
-            continue  # a loss without parameters or buffers
-        if not loaded:
-            parts.append(f"{name} starts fresh")
-        elif len(loaded) == len(own):
-            parts.append(f"{name} is loaded from it ({len(own)} tensors)")
-        else:
-            parts.append(f"{name} takes {len(loaded)} of its {len(own)} tensors from it, the rest start fresh")
-    return f"Starting from {path}: " + "; ".join(parts)
-
-
-def train(trainer: ModelTrainer, settings: Settings, context: distributed.Context, dataset, sampler) -> None:
-    """The epoch loop: train, log, every test_interval epochs evaluate and save, and save each of the last
-    --save_last_epochs epochs (rank 0 writes), then remove the checkpoints --keep_last and --keep_best let go."""
-    run, data, optimisation = settings.run, settings.data, settings.optimisation
-    point = start_point(trainer, run, context)
-    if context.is_main:
-        if trainer.lr_scaling:
-            print(trainer.lr_scaling)
-        print(f"Training from epoch {point.first_epoch} with {trainer.learning_rates()}")
-    control = RunControl(run.checkpoint_minutes)
-    control.install_signal_handlers()
-    resume_path = os.path.join(run.model_save_path, checkpoint_files.RESUME_NAME)
-    retention = Retention(optimisation.keep_last, optimisation.keep_best, optimisation.max_epoch,
-                          optimisation.save_last_epochs)
-    if context.is_main:
-        write_run_record(settings)
-    with open(os.path.join(run.result_save_path, "scores.txt"), "a", encoding="utf-8") as scorefile:
-        for epoch in range(point.first_epoch, optimisation.max_epoch + 1):
-            freeze_for_epoch(trainer, epoch, optimisation.freeze_backbone_epochs, context.is_main)
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            skip = point.skip_steps if epoch == point.first_epoch else 0
-            totals = point.totals if epoch == point.first_epoch else None
-
-            def save_state(partial, current=epoch):
-                trainer.saveParameters(resume_path, current - 1, partial, write=context.is_main)
-                if context.is_main:
-                    print(f"Saved the training state after {partial.steps} batches of epoch {current} to {resume_path}")
-
-            result = trainer.train_network(DatasetLoader.epoch_loader(dataset, sampler, data, skip), context.is_main,
-                                           control, totals, save_state, epoch)
-            if result is None:
-                print(f"Stopped by signal {control.signal_received}; run the same command again to continue.")
-                return
-            loss, traineer = result
-            if context.is_main:
-                log_line(scorefile, f"Epoch {epoch:d}, TEER/TAcc {traineer:2.2f}, TLOSS {loss:f}, "
-                                    f"LR {trainer.last_epoch['lr']:f}", " \n")
-                log_timing(run.result_save_path, epoch, trainer.last_epoch)
-                if dataset.stats.summary():
-                    print(f"Training data so far: {dataset.stats.summary()}")
-            stem = os.path.join(run.model_save_path, f"model{epoch:09d}")
-            if epoch % optimisation.test_interval == 0:
-                eer, min_dcf = evaluate(trainer, settings)
-                if context.is_main:
-                    log_line(scorefile, f"Epoch {epoch:d}, VEER {eer:2.4f}, MinDCF {min_dcf:2.5f}")
-                trainer.saveParameters(stem + ".model", epoch, write=context.is_main)
-                if context.is_main:
-                    atomic_files.write_text(stem + ".eer", f"{eer:2.4f}")
-            elif epoch > optimisation.max_epoch - optimisation.save_last_epochs:
-                trainer.saveParameters(stem + ".model", epoch, write=context.is_main)
-            trainer.saveParameters(resume_path, epoch, write=context.is_main)
-            if context.is_main:
-                remove_unkept_checkpoints(stem + ".model", retention)
-            if control.poll(trainer.device)[1]:
-                print(f"Stopped by a signal after epoch {epoch}; run the same command again to continue.")
-                return
-
-
-def freeze_for_epoch(trainer: ModelTrainer, epoch: int, frozen_epochs: int, verbose: bool) -> None:
-    """--freeze_backbone_epochs: the embedding model is frozen in epochs 1 to N, and trains from N + 1 on."""
-    frozen = epoch <= frozen_epochs
-    if frozen != trainer.backbone_frozen:
-        trainer.freeze_backbone(frozen)
-        if verbose:
-            print(f"Epoch {epoch}: " + (f"the embedding model is frozen until the end of epoch {frozen_epochs}; only "
-                                        "the loss head trains" if frozen else "the embedding model trains too"))
+from SpeakerNet import SpeakerNet, WrappedModel
+from training.trainer import ModelTrainer
 
 
 def seed_everything(seed: int) -> None:
@@ -191,20 +29,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
-
-
-def load_for_evaluation(trainer: ModelTrainer, run: RunSettings) -> None:
-    """--eval: the weights of --initial_model, else of the newest checkpoint in --save_path (all must fit)."""
-    def read() -> tuple[str, dict]:
-        if run.initial_model:
-            return run.initial_model, checkpoint_files.read_checkpoint(run.initial_model)
-        state = checkpoint_files.latest_state(run.model_save_path)
-        if state is None:
-            raise MissingFileError(f"--eval needs --initial_model or a checkpoint in {run.model_save_path}")
-        return state
-
-    path, content = distributed.from_main(read)
-    trainer.loadParameters(path, strict_model=True, content=content)
 
 
 def main_worker(context: distributed.Context, settings: Settings) -> None:
@@ -226,17 +50,11 @@ def main_worker(context: distributed.Context, settings: Settings) -> None:
     else:
         wrapped = WrappedModel(speaker_net)
     try:
+        trainer = ModelTrainer.from_settings(wrapped, settings, device, context)
         if run.eval:
-            trainer = ModelTrainer.from_settings(wrapped, settings.optimisation, device, settings.flags, context)
-            load_for_evaluation(trainer, run)
-            if context.is_main:
-                print(f"Total parameters: {sum(p.numel() for p in speaker_net.__S__.parameters())}")
-            evaluation.run_evaluation(trainer, settings.evaluation)
+            trainer.evaluate()
         else:
-            dataset, sampler = DatasetLoader.training_data(settings.data, context.rank, context.world_size)
-            trainer = ModelTrainer.from_settings(wrapped, settings.optimisation, device, settings.flags, context,
-                                                 DatasetLoader.steps_per_epoch(sampler, settings.data))
-            train(trainer, settings, context, dataset, sampler)
+            trainer.fit()
     finally:
         if context.distributed:
             torch.distributed.destroy_process_group()

@@ -56,12 +56,14 @@ def read_train_list(train_list: str, train_path: str, flag: str = "--train_list"
 
 
 def missing_files(paths: list[str], desc: str = "checking files") -> list[str]:
-    """The paths that do not exist, in list order; lists each folder once instead of a stat per file."""
+    """The paths that do not exist, in list order; lists each folder once instead of a stat per file (with a
+    progress bar when there are many folders)."""
     by_folder = collections.defaultdict(list)
     for path in paths:
         by_folder[os.path.dirname(path)].append(os.path.basename(path))
     missing = set()
-    for folder, names in tqdm(by_folder.items(), desc=desc, unit="folder", leave=False):
+    for folder, names in tqdm(by_folder.items(), desc=desc, unit="folder", leave=False,
+                                disable=len(by_folder) < 50):
         try:
             present = set(os.listdir(folder or "."))
         except OSError:

@@ -33,6 +33,7 @@ import DatasetLoader  # noqa: E402
 import SpeakerNet  # noqa: E402
 import trainSpeakerNet  # noqa: E402
 from runtime import device as placement  # noqa: E402
+from training.trainer import ModelTrainer  # noqa: E402
 
 # Per model: its published set-up, the speakers per batch and the timed steps (V2 is ~7x slower per utterance).
 MODELS = {"ResNetSE34L": {"encoder_type": "SAP", "n_mels": 40, "batch_size": 30, "steps": 24},
@@ -68,18 +69,18 @@ def training_args(root: Path, model: str, augment: bool, batch_size: int, worker
         "--save_path", str(root / "exp"), "--device", device])
 
 
-def build_trainer(args: argparse.Namespace, mixedprec: bool) -> SpeakerNet.ModelTrainer:
+def build_trainer(args: argparse.Namespace, mixedprec: bool) -> ModelTrainer:
     """A ModelTrainer as trainSpeakerNet builds it; mixedprec: float16 on CUDA, bfloat16 forced on a CPU."""
     device = torch.device(args.device)
     trainSpeakerNet.seed_everything(args.seed)
     model = SpeakerNet.WrappedModel(placement.place_on(SpeakerNet.SpeakerNet(**vars(args)), device))
     with mock.patch.object(placement, "cpu_has_fast_bfloat16", return_value=mixedprec):
-        trainer = SpeakerNet.ModelTrainer(model, **dict(vars(args), mixedprec=mixedprec, device=device))
+        trainer = ModelTrainer(model, **dict(vars(args), mixedprec=mixedprec, device=device))
         assert trainer.autocast_dtype == placement.autocast_dtype(device, mixedprec)
     return trainer
 
 
-def precision_name(trainer: SpeakerNet.ModelTrainer) -> str:
+def precision_name(trainer: ModelTrainer) -> str:
     """float32, float16 or bfloat16: the precision a trainer computes in."""
     return str(trainer.autocast_dtype or torch.float32).replace("torch.", "")
 
@@ -98,13 +99,13 @@ def with_cpu_time(run) -> dict:
     return {**timing, "main_process_cpu_ms_per_sample": 1000 * (time.process_time() - cpu) / samples}
 
 
-def trained_epoch(trainer: SpeakerNet.ModelTrainer, batches) -> dict:
+def trained_epoch(trainer: ModelTrainer, batches) -> dict:
     """train_network over `batches`; its timing of them."""
     trainer.train_network(batches, verbose=False)
     return dict(trainer.last_epoch)
 
 
-def ours(trainer: SpeakerNet.ModelTrainer, dataset, sampler, args: argparse.Namespace, steps: int) -> dict:
+def ours(trainer: ModelTrainer, dataset, sampler, args: argparse.Namespace, steps: int) -> dict:
     """Our real path: train_network over trainSpeakerNet's epoch DataLoader, timed after the warm-up steps."""
     iterator = iter(DatasetLoader.epoch_loader(dataset, sampler, args))
     trained_epoch(trainer, Batches(iterator, WARMUP))
@@ -112,7 +113,7 @@ def ours(trainer: SpeakerNet.ModelTrainer, dataset, sampler, args: argparse.Name
     return timing
 
 
-def compute_only(trainer: SpeakerNet.ModelTrainer, batches: list, steps: int) -> dict:
+def compute_only(trainer: ModelTrainer, batches: list, steps: int) -> dict:
     """The same train_network step on batches already in memory."""
     trained_epoch(trainer, batches[:WARMUP])
     return with_cpu_time(lambda: trained_epoch(trainer, [batches[step % len(batches)] for step in range(steps)]))
@@ -140,7 +141,7 @@ def original_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loa
             "samples_per_second": samples / elapsed}
 
 
-def originals_way(trainer: SpeakerNet.ModelTrainer, dataset, sampler, args: argparse.Namespace, steps: int) -> dict:
+def originals_way(trainer: ModelTrainer, dataset, sampler, args: argparse.Namespace, steps: int) -> dict:
     """The original's data path (whole files, scipy convolve, numpy crop) with one worker and its loop."""
     naive = NaiveDataset(dataset, args.musan_path, args.rir_path, args.augment)
     loader = torch.utils.data.DataLoader(naive, batch_size=args.batch_size, sampler=sampler, num_workers=1,

@@ -13,7 +13,8 @@ from test_train_cli import PROJECT_ROOT, run_cli, small_run
 import arguments
 from runtime import distributed
 from runtime.errors import MissingFileError, PeerStopped
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
+from SpeakerNet import SpeakerNet, WrappedModel
+from training.trainer import ModelTrainer
 
 NET = dict(model="ResNetSE34L", optimizer="sgd", trainfunc="angleproto", nPerSpeaker=2, nOut=16, n_mels=40,
            log_input=True, encoder_type="SAP")

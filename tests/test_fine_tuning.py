@@ -12,11 +12,12 @@ from test_user_errors import stop_line
 
 import arguments
 import importModel
-import trainSpeakerNet
-from runtime import checkpoint_files, distributed, packages
+from runtime import checkpoint_files, packages
 from runtime.plugins import available_plugins
 from scheduler.warmup_exp import exponential_factor
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, batchnorm_layers
+from SpeakerNet import SpeakerNet, WrappedModel
+from training.parameters import batchnorm_layers
+from training.trainer import ModelTrainer
 
 NET = dict(model="ResNetSE34L", nOut=16, n_mels=40, log_input=True, encoder_type="SAP")
 TRAINER = dict(optimizer="adam", scheduler="steplr", mixedprec=False, device=torch.device("cpu"), lr=0.01,
@@ -99,9 +100,8 @@ def test_fine_tuning_loads_the_whole_embedding_model_and_a_fresh_head(tiny_corpu
     torch.manual_seed(0)
     net = SpeakerNet(**settings.flags)
     fresh_head = {name: tensor.clone() for name, tensor in net.__L__.state_dict().items()}
-    trainer = ModelTrainer.from_settings(WrappedModel(net), settings.optimisation, torch.device("cpu"),
-                                         settings.flags, distributed.Context())
-    point = trainSpeakerNet.start_point(trainer, settings.run, distributed.Context())
+    trainer = ModelTrainer(WrappedModel(net), **{**settings.flags, "device": torch.device("cpu")})
+    point = trainer.start_point(settings.run)
     assert point.first_epoch == 1
     loaded = part(trainer, "__S__.")
     assert set(loaded) == set(saved) and not changed(saved, loaded)
@@ -123,9 +123,9 @@ def test_an_imported_release_fine_tunes_with_its_front_end(tmp_path, capsys):
     assert settings.flags["frontend"] == "kaldi" and settings.model.model == "ResNet34"
     assert (settings.model.nClasses, settings.evaluation.eval_frames, settings.evaluation.scoring) == (
         6, 300, "original")
-    trainer = ModelTrainer.from_settings(WrappedModel(SpeakerNet(**settings.flags)), settings.optimisation,
-                                         torch.device("cpu"), settings.flags, distributed.Context())
-    trainSpeakerNet.start_point(trainer, settings.run, distributed.Context())
+    trainer = ModelTrainer(WrappedModel(SpeakerNet(**settings.flags)), **{**settings.flags,
+                                                                          "device": torch.device("cpu")})
+    trainer.start_point(settings.run)
     assert "the embedding model (__S__) is loaded from it (218 tensors)" in capsys.readouterr().out
 
 
@@ -170,7 +170,7 @@ def test_frozen_embedding_model_keeps_every_tensor_while_the_head_trains(precisi
 def test_the_frozen_state_follows_from_the_epoch(capsys):
     trainer = make_trainer()
     for epoch, frozen in ((2, True), (3, False), (4, False)):  # e.g. resumed inside the frozen epochs
-        trainSpeakerNet.freeze_for_epoch(trainer, epoch, 2, verbose=True)
+        trainer.freeze_for_epoch(epoch, 2, verbose=True)
         assert trainer.backbone_frozen == frozen
         assert all(p.requires_grad != frozen for p in trainer.__model__.module.__S__.parameters())
         assert all(p.requires_grad for p in trainer.__model__.module.__L__.parameters())

@@ -9,7 +9,6 @@ import yaml
 
 import arguments
 import trainSpeakerNet
-from runtime import distributed
 from runtime.errors import ConfigError
 from runtime.plugins import (
     RECEIVED_FLAGS,
@@ -20,7 +19,8 @@ from runtime.plugins import (
     plugin_options,
 )
 from settings.flags import SECTION_FLAGS
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
+from SpeakerNet import SpeakerNet, WrappedModel
+from training.trainer import ModelTrainer
 
 PROJECT_ROOT = Path(arguments.__file__).resolve().parent
 SHIPPED_CONFIGS = sorted([*PROJECT_ROOT.glob("configs/*.yaml"), *PROJECT_ROOT.glob("recipes/*/conf/*.yaml")])
@@ -247,8 +247,7 @@ def test_the_settings_are_not_changed_on_the_way(tmp_path):
                                          "--nClasses", "3", "--scheduler", "warmup_exp"])
     before = dict(settings.flags)
     net = SpeakerNet(**{**settings.flags, "device": "cpu"})
-    trainer = ModelTrainer.from_settings(WrappedModel(net), settings.optimisation, torch.device("cpu"),
-                                         settings.flags, distributed.Context(), steps_per_epoch=4)
+    trainer = ModelTrainer(WrappedModel(net), **{**settings.flags, "device": torch.device("cpu")}, steps_per_epoch=4)
     assert settings.flags == before and "steps_per_epoch" not in trainer.record
     assert trainer.__scheduler__.lr_lambdas[0].keywords["total_steps"] == settings.optimisation.max_epoch * 4
     assert "device" not in net.model_settings and net.model_settings["nOut"] == 8

@@ -9,7 +9,8 @@ from test_models import bn_keys, count_parameters
 import arguments
 from models.SincFilterbank import ParamSincFilterbank, SincConv, hz_to_mel
 from runtime import checkpoint_files
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
+from SpeakerNet import SpeakerNet, WrappedModel
+from training.trainer import ModelTrainer
 
 HALF_SECOND = 8000
 RECIPE = ["--config", "configs/RawNet3_AAM.yaml", "--nClasses", "5"]

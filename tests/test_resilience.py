@@ -9,7 +9,9 @@ import pytest
 import torch
 from test_train_cli import PROJECT_ROOT, checkpoint_names, epoch_log, run_cli, small_run
 
-from SpeakerNet import ModelTrainer, NonFiniteLossError, SpeakerNet, WrappedModel
+from SpeakerNet import SpeakerNet, WrappedModel
+from training.epoch_meter import NonFiniteLossError
+from training.trainer import ModelTrainer
 
 
 def resilient_run(corpus, save_path, *extra) -> list[str]:

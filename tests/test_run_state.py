@@ -8,7 +8,9 @@ import torch
 from runtime import device as placement
 from runtime import training_state
 from runtime.errors import ConfigError
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, batchnorm_buffers
+from SpeakerNet import SpeakerNet, WrappedModel
+from training.parameters import batchnorm_buffers
+from training.trainer import ModelTrainer
 
 SAMPLES = 40 * 160 + 240
 

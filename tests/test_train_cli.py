@@ -210,7 +210,8 @@ def test_evaluate_from_list_matches_the_score_file(tiny_corpus, tmp_path, traine
     import numpy as np
 
     import arguments
-    from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel
+    from SpeakerNet import SpeakerNet, WrappedModel
+    from training.trainer import ModelTrainer
 
     checkpoint = str(trained / "model" / "model000000003.model")
     score_file = tmp_path / "scores.txt"

@@ -13,7 +13,9 @@ import averageModels
 from loss.LossHelpers import additive_angular_margin, check_classes
 from runtime import checkpoint_files, distributed
 from runtime.plugins import PluginError, build_plugin, declared_options
-from SpeakerNet import ModelTrainer, SpeakerNet, WrappedModel, scale_learning_rates
+from SpeakerNet import SpeakerNet, WrappedModel
+from training.parameters import scale_learning_rates
+from training.trainer import ModelTrainer
 
 EPOCH_ITER = 4  # batches per epoch of the simulated run
 RECIPE = dict(lr=0.1, final_lr=5e-5, warmup_epochs=6.0, max_epoch=150, steps_per_epoch=EPOCH_ITER, weight_decay=1e-4,
