@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from models.Fbanks import frontend_settings
-from runtime.plugins import PluginError, available_plugins, build_plugin, plugin_arguments, plugin_module
+from settings.plugins import PluginError, available_plugins, build_plugin, plugin_arguments, plugin_module
 from training.trainer import ModelTrainer  # noqa: F401  (the original's `from SpeakerNet import ModelTrainer`)
 
 
@@ -14,7 +14,7 @@ class SpeakerNet(nn.Module):
     """The embedding model `__S__` and the training loss `__L__` (the original's state_dict keys).
 
     The keyword arguments are flags (all of them, as the original passes them, or some); each plug-in receives its
-    part's (runtime.plugins.plugin_arguments)."""
+    part's (settings.plugins.plugin_arguments)."""
 
     def __init__(self, model: str, trainfunc: str = "", nPerSpeaker: int = 1, **kwargs):
         super().__init__()

@@ -11,7 +11,6 @@ import yaml
 
 from runtime.errors import ConfigError
 from runtime.packages import package_settings
-from runtime.plugins import PluginError, declared_options, plugin_options
 from settings.flags import (
     FLAG_GROUPS,
     LIST_KEYS,
@@ -23,6 +22,7 @@ from settings.flags import (
     check_ranges,
     str2bool,
 )
+from settings.plugins import PluginError, declared_options, plugin_options
 from settings.sections import Settings
 
 PLUGIN_FLAGS = {"models": "model", "loss": "trainfunc", "optimizer": "optimizer", "scheduler": "scheduler"}

@@ -18,7 +18,7 @@ from loss.LossHelpers import check_classes, check_per_speaker
 from runtime import checkpoint_files, distributed
 from runtime.device import choose_gpus, place_on, resolve_device
 from runtime.errors import ConfigError, DataError, MissingFileError, run_command
-from runtime.plugins import load_plugin
+from settings.plugins import load_plugin
 from settings.sections import RunSettings, Settings
 from SpeakerNet import SpeakerNet, WrappedModel
 from training.trainer import ModelTrainer

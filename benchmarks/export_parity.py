@@ -22,7 +22,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from results_file import save_json  # noqa: E402
 
 from deployment.export import compare, export_model, parity_clips  # noqa: E402
-from runtime.plugins import available_plugins  # noqa: E402
+from settings.plugins import available_plugins  # noqa: E402
 from SpeakerNet import SpeakerNet  # noqa: E402
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "export_parity.json"

@@ -12,15 +12,16 @@ import arguments
 from runtime import checkpoint_files
 from runtime.device import place_on
 from runtime.errors import ConfigError, MissingFileError
-from runtime.plugins import declared_options
 from settings.flags import FLAG_GROUPS, str2bool
+from settings.plugins import declared_options
 from settings.sections import ModelSettings
 from SpeakerNet import SpeakerNet
 
 # The settings that build and score a model, the flags of the tools that only embed: the model section less the
-# loss's training options (a loss changes scoring by its name alone), the model plug-ins' own options and the crops
-# and scoring of --eval. Their types and defaults come from the trainer's parser.
-LOSS_TRAINING_OPTIONS = {name for name, *_ in FLAG_GROUPS["Loss functions"]}
+# loss's training options (a loss changes scoring by its name alone; nClasses stays, as it shapes the loss head
+# that a checkpoint holds), the model plug-ins' own options and the crops and scoring of --eval. Their types and
+# defaults come from the trainer's parser.
+LOSS_TRAINING_OPTIONS = {name for name, *_ in FLAG_GROUPS["Loss functions"]} - {"nClasses"}
 MODEL_OPTIONS = {option for option, where in declared_options().items()
                  if any(plugin.startswith("models/") for plugin in where)}
 MODEL_SETTINGS = (*(field.name for field in fields(ModelSettings) if field.name not in LOSS_TRAINING_OPTIONS),

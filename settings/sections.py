@@ -1,7 +1,7 @@
 """One typed settings object, built once from flags + YAML, with a section for each part of the framework.
 
 Each part takes its own section; each plug-in receives its part's flags from `Settings.flags`
-(runtime.plugins.plugin_arguments)."""
+(settings.plugins.plugin_arguments)."""
 from __future__ import annotations
 
 import argparse

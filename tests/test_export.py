@@ -26,7 +26,7 @@ from deployment.export import (
 from deployment.onnx_embedder import OnnxEmbedder
 from deployment.spectrogram import replace_spectrograms
 from models.FrontEnd import mel_filterbank
-from runtime.plugins import available_plugins
+from settings.plugins import available_plugins
 from SpeakerNet import SpeakerNet
 
 integration = pytest.mark.integration

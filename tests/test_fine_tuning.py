@@ -13,8 +13,8 @@ from test_user_errors import stop_line
 import arguments
 import importModel
 from runtime import checkpoint_files, packages
-from runtime.plugins import available_plugins
 from scheduler.warmup_exp import exponential_factor
+from settings.plugins import available_plugins
 from SpeakerNet import SpeakerNet, WrappedModel
 from training.parameters import batchnorm_layers
 from training.trainer import ModelTrainer

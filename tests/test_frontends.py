@@ -13,7 +13,7 @@ from deployment.model_loading import resolve_settings
 from models import ECAPA_TDNN, ResNet34
 from models.Fbanks import KaldiFbank, SpeechBrainFbank, build_frontend, frontend_settings
 from models.FrontEnd import MeanNormalisedFbank
-from runtime.plugins import PluginError
+from settings.plugins import PluginError
 from SpeakerNet import SpeakerNet
 
 WINDOWS = ("povey", "hamming", "hann", "rectangular", "blackman")

@@ -13,7 +13,7 @@ from models.CAMPPlus import segment_means
 from models.FrontEnd import MeanNormalisedFbank
 from models.StatsPooling import AttentiveStatsPooling, TemporalStatsPooling
 from runtime.device import cpu_has_fast_bfloat16
-from runtime.plugins import available_plugins, load_plugin
+from settings.plugins import available_plugins, load_plugin
 from SpeakerNet import SpeakerNet
 
 # Global flags every constructor receives; encoder_type and log_input carry the global defaults, which these

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from runtime.plugins import PluginError, build_plugin, declared_options, load_plugin
+from settings.plugins import PluginError, build_plugin, declared_options, load_plugin
 
 FLAGS = {"lr": 0.1, "weight_decay": 1e-4, "lr_decay": 0.95, "max_epoch": 150, "margin": 0.2, "nOut": 8}
 

@@ -1,5 +1,5 @@
 """Options per part: the YAML sections (model_args, frontend_args, loss_args, optimizer_args, scheduler_args) and
-the keyword arguments each plug-in receives (runtime.plugins.plugin_arguments)."""
+the keyword arguments each plug-in receives (settings.plugins.plugin_arguments)."""
 import inspect
 from pathlib import Path
 
@@ -10,7 +10,8 @@ import yaml
 import arguments
 import trainSpeakerNet
 from runtime.errors import ConfigError
-from runtime.plugins import (
+from settings.flags import SECTION_FLAGS
+from settings.plugins import (
     RECEIVED_FLAGS,
     available_plugins,
     declared_options,
@@ -18,7 +19,6 @@ from runtime.plugins import (
     plugin_arguments,
     plugin_options,
 )
-from settings.flags import SECTION_FLAGS
 from SpeakerNet import SpeakerNet, WrappedModel
 from training.trainer import ModelTrainer
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from runtime.plugins import PluginError, build_plugin, declared_options
+from settings.plugins import PluginError, build_plugin, declared_options
 
 # 150 epochs of 10 steps, 6 warm-up epochs: 1,500 steps, 60 of warm-up
 FLAGS = {"lr": 0.1, "final_lr": 5e-5, "warmup_epochs": 6.0, "max_epoch": 150, "steps_per_epoch": 10,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.plugins import PluginError, build_plugin, declared_options
+from settings.plugins import PluginError, build_plugin, declared_options
 
 FLAGS = {"nOut": 8, "nClasses": 6, "margin": 0.2, "scale": 32.0, "easy_margin": False, "nPerSpeaker": 1,
          "margin_start": 20.0, "margin_end": 40.0, "subcenters": 3, "topk_negatives": 0, "topk_penalty": 0.06}

@@ -12,7 +12,7 @@ from test_train_cli import checkpoint_names, epoch_log, run_cli, small_run
 import averageModels
 from loss.LossHelpers import additive_angular_margin, check_classes
 from runtime import checkpoint_files, distributed
-from runtime.plugins import PluginError, build_plugin, declared_options
+from settings.plugins import PluginError, build_plugin, declared_options
 from SpeakerNet import SpeakerNet, WrappedModel
 from training.parameters import scale_learning_rates
 from training.trainer import ModelTrainer

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from runtime.plugins import plugin_module
+from settings.plugins import plugin_module
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:

@@ -20,9 +20,9 @@ from runtime import atomic_files, checkpoint_files, distributed, training_state
 from runtime.checkpoint_retention import Retention, remove_unkept_checkpoints
 from runtime.device import autocast_dtype
 from runtime.errors import DataError, MissingFileError
-from runtime.plugins import PluginError, build_plugin
 from runtime.run_control import RunControl
 from runtime.training_state import EpochTotals, Recoverables, ResumePoint
+from settings.plugins import PluginError, build_plugin
 from settings.sections import RunSettings, Settings
 from training.epoch_meter import EpochMeter, NonFiniteLossError
 from training.parameters import batchnorm_buffers, batchnorm_layers, parameter_groups, scale_learning_rates
@@ -33,7 +33,7 @@ class ModelTrainer:
     """Trains a wrapped SpeakerNet, validates it on a trial list and saves/loads its checkpoints.
 
     The keyword arguments are every flag, as the original passes them: the optimizer and scheduler plug-ins
-    receive their part's (runtime.plugins.plugin_arguments), with the learning rates scaled by --lr_reference_batch
+    receive their part's (settings.plugins.plugin_arguments), with the learning rates scaled by --lr_reference_batch
     for the `context`'s processes, and the scheduler `steps_per_epoch` (the batches of one process in an epoch).
     `record` is the configuration saved with each checkpoint (those flags as given when not given).
 
