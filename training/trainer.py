@@ -91,9 +91,10 @@ class ModelTrainer:
             if self.lr_scaling:
                 print(self.lr_scaling)
             print(f"Training from epoch {point.first_epoch} with {self.learning_rates()}")
-            write_run_record(settings)
         control = RunControl(run.checkpoint_minutes)
-        control.install_signal_handlers()
+        control.install_signal_handlers()  # before the run record, which tells a waiting job the run has started
+        if is_main:
+            write_run_record(settings)
         resume_path = os.path.join(run.model_save_path, checkpoint_files.RESUME_NAME)
         retention = Retention(optimisation.keep_last, optimisation.keep_best, optimisation.max_epoch,
                               optimisation.save_last_epochs)
