@@ -13,21 +13,15 @@ import numpy as np
 import torch
 
 from audio import shard_stream
-from audio.augmentation import (  # noqa: F401 (the original's names and the augmentation's tables)
-    AUGMENT_TYPES,
+from audio.augmentation import (  # noqa: F401 (AugmentWAV: the original's name)
     LARGE_ROOMS,
-    NOISE_COUNT,
-    NOISE_SNR,
     AugmentWAV,
     check_mix,
-    draw_augment_type,
-    draw_noises,
     make_augmenter,
     musan_index,
     rir_index,
     room_type,
 )
-from audio.effects import convolve_rir, mix_noises  # noqa: F401 (the original's module held them)
 from audio.file_lists import check_files_exist
 from audio.kaldi_data import read_speaker_list
 from audio.reading import (  # noqa: F401 (loadWAV is part of the API)
@@ -46,7 +40,7 @@ from audio.training_crops import (
 )
 from runtime import distributed
 from runtime.errors import ConfigError, DataError
-from runtime.loader_workers import batches, ignore_stop_signals  # noqa: F401 (batches: loops over loaders use it)
+from runtime.loader_workers import ignore_stop_signals
 from settings.sections import DataSettings
 
 SAMPLERS = ("balanced", "shuffled")  # --sampler

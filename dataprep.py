@@ -18,7 +18,7 @@ from preparation.archives import DataprepError
 from preparation.demo_corpus import DemoSpec, make_demo_corpus
 from preparation.noise_data import OPENSLR_URL, augment, split_musan  # noqa: F401 (split_musan: part of the API)
 from preparation.shards import make_shards
-from preparation.voxceleb import (  # noqa: F401
+from preparation.voxceleb import (
     CLASSIC_URL,
     KEY_URL,
     check_trials,
@@ -26,7 +26,6 @@ from preparation.voxceleb import (  # noqa: F401
     convert,
     download,
     extract_voxceleb,
-    wav_destination,
     write_train_list,
 )
 from runtime.errors import run_command

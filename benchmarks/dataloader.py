@@ -21,6 +21,7 @@ from results_file import save_json  # noqa: E402
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "dataloader.json"
 
 import DatasetLoader  # noqa: E402
+from audio import augmentation  # noqa: E402
 from audio import reading as AudioReader  # noqa: E402
 from audio.augmentation import original_rooms  # noqa: E402
 
@@ -64,26 +65,26 @@ class NaiveDataset(torch.utils.data.Dataset):
     def __init__(self, ours: DatasetLoader.train_dataset_loader, musan: str, rirs: str, augment: bool):
         self.data_list, self.data_label = ours.data_list, ours.data_label
         self.max_audio = AudioReader.crop_length(ours.max_frames)
-        self.noises = DatasetLoader.musan_index(musan) if augment else None
-        self.rirs = original_rooms(DatasetLoader.rir_index(rirs)) if augment else None
+        self.noises = augmentation.musan_index(musan) if augment else None
+        self.rirs = original_rooms(augmentation.rir_index(rirs)) if augment else None
 
     def __len__(self) -> int:
         return len(self.data_list)
 
     def augment(self, audio: np.ndarray) -> np.ndarray:
-        kind = random.choice(DatasetLoader.AUGMENT_TYPES)
+        kind = random.choice(augmentation.AUGMENT_TYPES)
         if kind == "reverb":
             rir, _ = soundfile.read(random.choice(self.rirs))
             rir = rir[np.newaxis] / np.sqrt(np.sum(rir ** 2))
             return signal.convolve(audio, rir, mode="full")[:, :self.max_audio]
         if kind == "none":
             return audio
-        low, high = DatasetLoader.NOISE_COUNT[kind]
+        low, high = augmentation.NOISE_COUNT[kind]
         paths = random.sample(self.noises[kind], random.randint(low, high))
         noises = [naive_crop(path, self.max_audio) for path in paths]
         clean_db = 10 * np.log10(np.mean(audio ** 2) + 1e-4)
         scaled = [np.sqrt(10 ** ((clean_db - 10 * np.log10(np.mean(noise ** 2) + 1e-4)
-                                  - random.uniform(*DatasetLoader.NOISE_SNR[kind])) / 10)) * noise for noise in noises]
+                                  - random.uniform(*augmentation.NOISE_SNR[kind])) / 10)) * noise for noise in noises]
         return np.sum(np.concatenate(scaled, axis=0), axis=0, keepdims=True) + audio
 
     def __getitem__(self, indices: list[int]):

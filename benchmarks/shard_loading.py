@@ -27,6 +27,7 @@ from train_throughput import Batches, build_trainer  # noqa: E402
 import arguments  # noqa: E402
 import DatasetLoader  # noqa: E402
 from preparation.shards import make_shards  # noqa: E402
+from runtime import loader_workers  # noqa: E402
 from settings.sections import Settings  # noqa: E402
 
 RESULTS = BENCHMARKS / "results" / "shard_loading.json"
@@ -75,7 +76,7 @@ def loader_speed(args: argparse.Namespace) -> dict:
     sampler.set_epoch(1)
     dataset.set_epoch(1)
     started, utterances = time.perf_counter(), 0
-    with DatasetLoader.batches(DatasetLoader.epoch_loader(dataset, sampler, settings.data)) as batches:
+    with loader_workers.batches(DatasetLoader.epoch_loader(dataset, sampler, settings.data)) as batches:
         for data, _ in batches:
             utterances += data.shape[0] * data.shape[1]
     seconds = time.perf_counter() - started
@@ -89,7 +90,7 @@ def training_wait(args: argparse.Namespace, steps: int) -> dict:
     sampler.set_epoch(1)
     dataset.set_epoch(1)
     trainer = build_trainer(args, mixedprec=False)
-    with DatasetLoader.batches(DatasetLoader.epoch_loader(dataset, sampler, settings.data)) as batches:
+    with loader_workers.batches(DatasetLoader.epoch_loader(dataset, sampler, settings.data)) as batches:
         trainer.train_network(Batches(batches, 1), verbose=False)
         trainer.train_network(Batches(batches, steps), verbose=False)
     timing = trainer.last_epoch

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 import DatasetLoader
 from evaluation.embeddings_cache import cache_key, load_embeddings_cache, save_embeddings_cache
-from runtime import distributed
+from runtime import distributed, loader_workers
 
 
 def _float32_items(items: list[tuple[torch.Tensor, str]]) -> list[tuple[torch.Tensor, str]]:
@@ -100,7 +100,7 @@ def extract_embeddings(model, files: list[str], test_path: str, eval_frames: int
         model.eval()
     embeddings: dict[str, torch.Tensor] = {}
     with torch.no_grad(), tqdm(total=len(files), unit="file", desc="Embedding", dynamic_ncols=True) as bar, \
-            DatasetLoader.batches(loader) as batches:
+            loader_workers.batches(loader) as batches:
         for items in batches:
             if eval_frames == 0 and length_tolerance > 0:
                 items = _crop_to_shortest(items, length_tolerance)

@@ -8,7 +8,7 @@ import soundfile
 import torch
 from scipy import signal
 
-import DatasetLoader
+from audio import augmentation, effects
 from audio.reading import crop_length
 from DatasetLoader import AugmentWAV, train_dataset_loader
 
@@ -48,13 +48,13 @@ def clean_crop(seed=1):
 
 
 def test_index_categories_and_built_once(folders):
-    DatasetLoader.musan_index.cache_clear()
-    index = DatasetLoader.musan_index(folders["musan"])
+    augmentation.musan_index.cache_clear()
+    index = augmentation.musan_index(folders["musan"])
     assert {category: len(paths) for category, paths in index.items()} == {"noise": 6, "speech": 16, "music": 4}
     assert all("/speech/subset/" in path for path in index["speech"])
     AugmentWAV(folders["musan"], folders["rir"], MAX_FRAMES)
-    assert DatasetLoader.musan_index.cache_info().misses == 1
-    assert len(DatasetLoader.rir_index(folders["rir"])) == 4
+    assert augmentation.musan_index.cache_info().misses == 1
+    assert len(augmentation.rir_index(folders["rir"])) == 4
 
 
 def test_missing_folders_say_run_dataprep(folders, tmp_path):
@@ -67,10 +67,10 @@ def test_missing_folders_say_run_dataprep(folders, tmp_path):
 def test_nothing_globbed_when_augment_is_off(tmp_path):
     soundfile.write(tmp_path / "a.wav", np.zeros(20000, dtype=np.float32), 16000)
     (tmp_path / "list.txt").write_text("s a.wav\n")
-    before = DatasetLoader.musan_index.cache_info(), DatasetLoader.rir_index.cache_info()
+    before = augmentation.musan_index.cache_info(), augmentation.rir_index.cache_info()
     train_dataset_loader(str(tmp_path / "list.txt"), False, str(tmp_path / "none"), str(tmp_path / "none"),
                          MAX_FRAMES, str(tmp_path))
-    assert (DatasetLoader.musan_index.cache_info(), DatasetLoader.rir_index.cache_info()) == before
+    assert (augmentation.musan_index.cache_info(), augmentation.rir_index.cache_info()) == before
 
 
 def test_draws_follow_categories():
@@ -79,15 +79,15 @@ def test_draws_follow_categories():
     for category in ("noise", "speech", "music"):
         counts = set()
         for _ in range(200):
-            draws = DatasetLoader.draw_noises(files, category, rng)
+            draws = augmentation.draw_noises(files, category, rng)
             names = [name for name, _ in draws]
             assert len(names) == len(set(names))
-            low, high = DatasetLoader.NOISE_SNR[category]
+            low, high = augmentation.NOISE_SNR[category]
             assert all(low <= snr <= high for _, snr in draws)
             counts.add(len(draws))
         assert counts == ({1} if category != "speech" else {3, 4, 5, 6, 7})
-    kinds = collections.Counter(DatasetLoader.draw_augment_type(rng) for _ in range(5000))
-    assert set(kinds) == set(DatasetLoader.AUGMENT_TYPES)
+    kinds = collections.Counter(augmentation.draw_augment_type(rng) for _ in range(5000))
+    assert set(kinds) == set(augmentation.AUGMENT_TYPES)
     assert all(850 < count < 1150 for count in kinds.values())
 
 
@@ -100,7 +100,7 @@ def test_snr_on_output_matches_draw(augmenter, category):
     clean = clean_crop()
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        draws = DatasetLoader.draw_noises(augmenter.noise_files[category], category, copy.deepcopy(rng))
+        draws = augmentation.draw_noises(augmenter.noise_files[category], category, copy.deepcopy(rng))
         mixed = augmenter.additive_noise(category, clean, rng)
         assert mixed.shape == clean.shape
         # independent noises add in power: the combined SNR of k noises at s_i dB
@@ -112,17 +112,17 @@ def test_mix_noises_exact_snr():
     clean = clean_crop()
     noise = np.random.default_rng(3).uniform(-1, 1, clean.shape).astype(np.float32)
     for snr in (0.0, 7.5, 20.0):
-        assert abs(measured_snr(clean, DatasetLoader.mix_noises(clean, [noise], [snr])) - snr) < 0.05
+        assert abs(measured_snr(clean, effects.mix_noises(clean, [noise], [snr])) - snr) < 0.05
 
 
 def test_reverberation_length_and_values(augmenter):
     clean = clean_crop()
-    delayed = DatasetLoader.convolve_rir(clean, np.array([0.0, 0.0, 2.0]))  # unit energy: a 2-sample delay
+    delayed = effects.convolve_rir(clean, np.array([0.0, 0.0, 2.0]))  # unit energy: a 2-sample delay
     assert delayed.shape == (1, MAX_AUDIO)
     np.testing.assert_allclose(delayed[0], np.concatenate([[0, 0], clean[0, :-2]]), atol=1e-6)
     rir = np.exp(-np.arange(2000) / 300) * np.random.default_rng(4).standard_normal(2000)
     expected = signal.convolve(clean[0].astype(np.float64), rir / np.sqrt(np.sum(rir ** 2)), method="direct")
-    np.testing.assert_allclose(DatasetLoader.convolve_rir(clean, rir)[0], expected[:MAX_AUDIO], atol=1e-5)
+    np.testing.assert_allclose(effects.convolve_rir(clean, rir)[0], expected[:MAX_AUDIO], atol=1e-5)
     reverberant = augmenter.reverberate(clean)  # the original's call, without a generator
     assert reverberant.shape == (1, MAX_AUDIO) and not np.allclose(reverberant, clean)
 

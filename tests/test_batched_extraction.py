@@ -84,7 +84,7 @@ def test_embed_cli_batches_by_length_with_workers(net, uneven_files, tmp_path):
 def test_evaluation_batches_whole_utterances_by_length(net, uneven_files, tmp_path):
     """--eval --eval_frames 0 groups utterances within --length_tolerance (the cache records the tolerance);
     --length_tolerance 0 embeds every utterance whole, exactly as one at a time."""
-    from evaluation import embed_paths
+    from evaluation.extraction import embed_paths
     from settings.sections import EvaluationSettings
 
     root, names = uneven_files

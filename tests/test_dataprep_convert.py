@@ -12,6 +12,7 @@ import pytest
 import soundfile
 
 import dataprep
+from preparation.voxceleb import wav_destination
 
 pytestmark = pytest.mark.integration  # real CLI runs, subprocesses or servers
 
@@ -99,5 +100,5 @@ def test_missing_ffmpeg_says_how_to_install(tmp_path):
 
 
 def test_wav_destination_follows_both_layouts():
-    assert dataprep.wav_destination(Path("d/voxceleb2/dev/aac/id1/v/00001.m4a")) == Path("d/voxceleb2/dev/wav/id1/v/00001.wav")
-    assert dataprep.wav_destination(Path("d/voxceleb2/id1/v/00001.m4a")) == Path("d/voxceleb2/id1/v/00001.wav")
+    assert wav_destination(Path("d/voxceleb2/dev/aac/id1/v/00001.m4a")) == Path("d/voxceleb2/dev/wav/id1/v/00001.wav")
+    assert wav_destination(Path("d/voxceleb2/id1/v/00001.m4a")) == Path("d/voxceleb2/id1/v/00001.wav")

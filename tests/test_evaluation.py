@@ -8,6 +8,10 @@ import torch.nn.functional as F
 
 import DatasetLoader
 import evaluation
+from evaluation.embeddings_cache import load_embeddings_cache, model_fingerprint, save_embeddings_cache
+from evaluation.extraction import embed_paths
+from evaluation.trials import check_files_exist, read_trials
+from settings.sections import trial_list_paths
 
 
 class SpectralEmbedder(torch.nn.Module):
@@ -32,7 +36,7 @@ def write_list(tmp_path, text, name="trials.txt"):
 
 def test_read_trials_labelled_and_unlabelled(tmp_path):
     path = write_list(tmp_path, "1 a/1.wav b/2.wav\n0 a/1.wav c/3.wav\n\nc/3.wav b/2.wav\n")
-    trials = evaluation.read_trials(path)
+    trials = read_trials(path)
     assert trials.labels.tolist() == [1, 0, -1]
     assert trials.enrol == ["a/1.wav", "a/1.wav", "c/3.wav"]
     assert trials.test == ["b/2.wav", "c/3.wav", "b/2.wav"]
@@ -51,24 +55,24 @@ def test_read_trials_labelled_and_unlabelled(tmp_path):
 def test_read_trials_errors_name_file_and_line(tmp_path, text, message):
     path = write_list(tmp_path, text)
     with pytest.raises(ValueError, match=message) as error:
-        evaluation.read_trials(path)
+        read_trials(path)
     assert path in str(error.value)
 
 
 def test_read_trials_missing_file_and_duplicates(tmp_path):
     with pytest.raises(FileNotFoundError, match="Cannot read trial list .*nope.txt"):
-        evaluation.read_trials(str(tmp_path / "nope.txt"))
+        read_trials(str(tmp_path / "nope.txt"))
     path = write_list(tmp_path, "1 a b\n0 a c\n1 a b\n")
     with pytest.warns(UserWarning, match="1 duplicate trial lines .first at line 3"):
-        trials = evaluation.read_trials(path)
+        trials = read_trials(path)
     assert len(trials.labels) == 3
 
 
 def test_check_files_exist_lists_missing_before_work(tiny_corpus):
-    trials = evaluation.read_trials(tiny_corpus["test_list"])
-    evaluation.check_files_exist(trials.files, tiny_corpus["test_path"])
+    trials = read_trials(tiny_corpus["test_list"])
+    check_files_exist(trials.files, tiny_corpus["test_path"])
     with pytest.raises(FileNotFoundError, match=r"(?s)2 of \d+ files .*ghost/1.wav"):
-        evaluation.check_files_exist(trials.files + ["ghost/1.wav", "ghost/2.wav"], tiny_corpus["test_path"])
+        check_files_exist(trials.files + ["ghost/1.wav", "ghost/2.wav"], tiny_corpus["test_path"])
 
 
 def per_file_embeddings(model, files, test_path, eval_frames, num_eval):
@@ -82,7 +86,7 @@ def per_file_embeddings(model, files, test_path, eval_frames, num_eval):
 @pytest.mark.parametrize("eval_frames, num_eval", [(50, 4), (0, 10)])
 def test_batched_extraction_matches_one_file_per_forward(tiny_corpus, eval_frames, num_eval):
     model = SpectralEmbedder()
-    files = evaluation.read_trials(tiny_corpus["test_list"]).files
+    files = read_trials(tiny_corpus["test_list"]).files
     embeddings = evaluation.extract_embeddings(model, files, tiny_corpus["test_path"], eval_frames, num_eval, 0,
                                                "cpu", files_per_batch=4)
     reference = per_file_embeddings(model, files, tiny_corpus["test_path"], eval_frames, num_eval)
@@ -108,7 +112,7 @@ def test_whole_utterances_of_different_lengths_with_workers(tmp_path):
 
 
 def test_model_with_wrong_output_rows_is_an_error(tiny_corpus):
-    files = evaluation.read_trials(tiny_corpus["test_list"]).files
+    files = read_trials(tiny_corpus["test_list"]).files
     with pytest.raises(RuntimeError, match="must map"):
         evaluation.extract_embeddings(lambda audio: torch.zeros(1, 4), files, tiny_corpus["test_path"], 50, 3, 0,
                                       "cpu")
@@ -172,21 +176,21 @@ def test_embeddings_cache_round_trip_and_invalidation(tmp_path, capsys):
     path = str(tmp_path / "cache.pt")
     settings = {"weights": "abc", "eval_frames": 300, "num_eval": 10, "autocast": "None"}
     stored = {"a/1.wav": torch.randn(10, 4), "b/2.wav": torch.randn(10, 4)}
-    evaluation.save_embeddings_cache(path, settings, stored)
-    loaded = evaluation.load_embeddings_cache(path, settings)
+    save_embeddings_cache(path, settings, stored)
+    loaded = load_embeddings_cache(path, settings)
     assert sorted(loaded) == sorted(stored) and torch.equal(loaded["a/1.wav"], stored["a/1.wav"])
-    assert evaluation.load_embeddings_cache(path, dict(settings, weights="other")) == {}
+    assert load_embeddings_cache(path, dict(settings, weights="other")) == {}
     assert "other weights or crop settings" in capsys.readouterr().out
     (tmp_path / "broken.pt").write_bytes(b"not a torch file")
-    assert evaluation.load_embeddings_cache(str(tmp_path / "broken.pt"), settings) == {}
+    assert load_embeddings_cache(str(tmp_path / "broken.pt"), settings) == {}
     assert "cannot be read" in capsys.readouterr().out
-    assert evaluation.load_embeddings_cache(str(tmp_path / "absent.pt"), settings) == {}
+    assert load_embeddings_cache(str(tmp_path / "absent.pt"), settings) == {}
 
 
 def test_trial_list_paths_accepts_commas_and_yaml_lists():
-    assert evaluation.trial_list_paths("a.txt") == ["a.txt"]
-    assert evaluation.trial_list_paths("a.txt, b.txt,") == ["a.txt", "b.txt"]
-    assert evaluation.trial_list_paths(["a.txt", "b.txt"]) == ["a.txt", "b.txt"]
+    assert trial_list_paths("a.txt") == ["a.txt"]
+    assert trial_list_paths("a.txt, b.txt,") == ["a.txt", "b.txt"]
+    assert trial_list_paths(["a.txt", "b.txt"]) == ["a.txt", "b.txt"]
 
 
 def test_files_per_forward_pass_defaults():
@@ -233,11 +237,11 @@ def test_embeddings_cache_key_covers_model_options(tiny_corpus, tmp_path, capsys
                                               embeddings_cache=str(tmp_path / "cache.pt")))
     roots = {tiny_corpus["test_path"]: ["id00000/sess0/00000.wav"]}
     with_log, without_log = net(True), net(False)
-    assert evaluation.model_fingerprint(with_log) == evaluation.model_fingerprint(without_log)
-    first = evaluation.embed_paths(with_log, roots, args, torch.device("cpu"), None)
-    again = evaluation.embed_paths(without_log, roots, args, torch.device("cpu"), None)
+    assert model_fingerprint(with_log) == model_fingerprint(without_log)
+    first = embed_paths(with_log, roots, args, torch.device("cpu"), None)
+    again = embed_paths(without_log, roots, args, torch.device("cpu"), None)
     assert "other weights or crop settings" in capsys.readouterr().out
     (name,) = first
     assert not torch.allclose(first[name], again[name], atol=1e-3)
-    assert evaluation.embed_paths(without_log, roots, args, torch.device("cpu"), None)[name].equal(again[name])
+    assert embed_paths(without_log, roots, args, torch.device("cpu"), None)[name].equal(again[name])
     assert "Reusing 1 embeddings" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import evaluation
 from evaluation import calibration
+from settings.flags import add_evaluation_arguments
 from SpeakerNet import SpeakerNet
 
 
@@ -22,7 +23,7 @@ def speaker_net():
 
 def make_args(corpus, tmp_path, *flags, **values):
     parser = argparse.ArgumentParser()
-    evaluation.add_evaluation_arguments(parser)
+    add_evaluation_arguments(parser)
     args = parser.parse_args(list(flags))
     settings = dict(test_list=corpus["test_list"], test_path=corpus["test_path"], train_list=corpus["train_list"],
                     train_path=corpus["train_path"], eval_frames=50, num_eval=3, nDataLoaderThread=0,

@@ -13,8 +13,8 @@ from conftest import PROJECT_ROOT
 
 import embedSpeaker
 from audio.kaldi_data import read_speaker_list
-from evaluation import read_trials
 from evaluation.kaldi_embeddings import read_kaldi_embeddings, write_kaldi_embeddings
+from evaluation.trials import read_trials
 from runtime.errors import DataError, MissingFileError
 from SpeakerNet import SpeakerNet
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import DatasetLoader
 import evaluation
-from runtime import atomic_files, checkpoint_files, distributed, training_state
+from runtime import atomic_files, checkpoint_files, distributed, loader_workers, training_state
 from runtime.checkpoint_retention import Retention, remove_unkept_checkpoints
 from runtime.device import autocast_dtype
 from runtime.errors import DataError, MissingFileError
@@ -204,7 +204,7 @@ class ModelTrainer:
         meter = EpochMeter(totals or EpochTotals(lr=self.current_lr()), len(loader), self.device)
         bar = tqdm(total=meter.last_step, initial=meter.totals.steps, disable=not verbose, unit="batch",
                    dynamic_ncols=True, leave=False)
-        with bar, DatasetLoader.batches(loader) as batches:  # both closed on errors too
+        with bar, loader_workers.batches(loader) as batches:  # both closed on errors too
             for data, data_label in batches:
                 meter.arrived()
                 self.set_progress(epoch - 1 + meter.totals.steps / meter.last_step)
