@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import stop_line
 from test_import_errors import WESPEAKER_CONFIG, wespeaker_resnet34_weights, write_wespeaker
 from test_kaldi_interchange import kaldi_folder
 from test_train_cli import run_cli, small_run
@@ -28,20 +29,6 @@ from SpeakerNet import SpeakerNet
 NET = {"model": "ResNetSE34L", "trainfunc": "angleproto", "nPerSpeaker": 2, "nOut": 32, "log_input": True,
        "eval_frames": 50, "num_eval": 2}
 NOT_UTF8 = "ab c\r\nd\u00e9f\n".encode() + b"gh\xffij\n"  # line 3, column 3 (after a CRLF and a two-byte letter)
-
-
-def stop_line(main, argv: list[str], capsys) -> str:
-    """Run a tool's main() in this process; check exit status 1, one 'Error' line and no traceback; return it."""
-    saved = dict(os.environ)  # trainSpeakerNet.main may set CUDA_VISIBLE_DEVICES
-    try:
-        status = main(argv)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    error = capsys.readouterr().err
-    lines = [line for line in error.splitlines() if line.startswith("Error")]
-    assert status == 1 and len(lines) == 1 and "Traceback" not in error, error
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import cli_checks
 import pytest
 import torch
 import yaml
@@ -17,18 +18,8 @@ pytestmark = pytest.mark.integration  # real CLI runs, subprocesses or servers
 
 
 def stop_line(capsys, argv: list[str], env: dict | None = None) -> str:
-    """Run trainSpeakerNet.main in this process; check exit status 1 and one 'Error: ' line; return that line."""
-    saved = dict(os.environ)  # main() may set CUDA_VISIBLE_DEVICES
-    os.environ.update(env or {})
-    try:
-        status = trainSpeakerNet.main(argv)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    error = capsys.readouterr().err
-    lines = [line for line in error.splitlines() if line.startswith("Error")]
-    assert status == 1 and len(lines) == 1 and "Traceback" not in error, error
-    return lines[0]
+    """trainSpeakerNet.main's one 'Error' line (cli_checks.stop_line)."""
+    return cli_checks.stop_line(trainSpeakerNet.main, argv, capsys, env)
 
 
 @pytest.fixture
