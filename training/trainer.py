@@ -84,6 +84,8 @@ class ModelTrainer:
     def fit(self) -> None:
         """The epoch loop: train, log, every --test_interval epochs validate and save, save each of the last
         --save_last_epochs epochs (rank 0 writes), then remove the checkpoints --keep_last and --keep_best let go."""
+        if self.dataset is None:
+            raise RuntimeError("fit() needs a trainer built from a training run's settings (from_settings)")
         settings, dataset, sampler = self.settings, self.dataset, self.sampler
         run, optimisation, is_main = settings.run, settings.optimisation, self.context.is_main
         point = self.start_point(run)
