@@ -118,7 +118,7 @@ class CAMPPlus(nn.Module):
     def __init__(self, nOut: int, n_mels: int, variance_floor: float = VARIANCE_FLOOR, **frontend) -> None:
         super().__init__()
         self.fbank = build_frontend(n_mels, **frontend)
-        self.head = FCM(n_mels)
+        self.head = FCM(self.fbank.feature_dim)
         self.tdnn = nn.Sequential(
             nn.Conv1d(self.head.out_channels, INIT_CHANNELS, kernel_size=5, stride=2, padding=2, bias=False),
             bn_relu(INIT_CHANNELS),

@@ -125,7 +125,8 @@ class ECAPA_TDNN(nn.Module):
                              f"{', '.join(VARIANTS)}")
         speechbrain = variant == "speechbrain"
         self.fbank = build_frontend(n_mels, **frontend)
-        self.layer1 = ConvReluBn(n_mels, channels, kernel_size=5, padding_mode="reflect" if speechbrain else "zeros")
+        self.layer1 = ConvReluBn(self.fbank.feature_dim, channels, kernel_size=5,
+                                 padding_mode="reflect" if speechbrain else "zeros")
         self.blocks = nn.ModuleList(SERes2Block(channels, dilation, speechbrain) for dilation in DILATIONS)
         self.aggregate = nn.Conv1d(channels * len(DILATIONS), aggregation_channels, kernel_size=1)
         self.aggregate_bn = nn.BatchNorm1d(aggregation_channels) if speechbrain else None

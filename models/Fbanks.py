@@ -1,8 +1,10 @@
-"""The fbank models' front ends, chosen with --frontend: logmel (today's), kaldi (Kaldi's fbank) or speechbrain.
+"""The models' front ends, chosen with --frontend: logmel (today's), kaldi (Kaldi's fbank), speechbrain, or ssl
+(a self-supervised encoder, models/SSLEncoder.py).
 
-Each maps a waveform batch [B, samples] to features [B, n_mels, frames] in float32 (autocast off, no gradient,
-on the input's device) and counts its own framing with frames(samples) and min_samples(frames). The constant
-tensors of kaldi and speechbrain (windows, mel banks) are not saved in checkpoints: the options rebuild them.
+Each maps a waveform batch [B, samples] to features [B, feature_dim, frames] on the input's device and counts its
+own framing with frames(samples) and min_samples(frames); the filterbanks work in float32 (autocast off, no
+gradient) and have feature_dim n_mels. The constant tensors of kaldi and speechbrain (windows, mel banks) are not
+saved in checkpoints: the options rebuild them.
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ FRONTEND_OPTIONS = {
     "kaldi": {"frontend_window": "povey", "waveform_scale": 1.0, "preemphasis": 0.97, "dither": 0.0,
               "mean_norm": True},
     "speechbrain": {"frontend_window": "hamming", "waveform_scale": 1.0, "mean_norm": True},
+    "ssl": {"ssl_source": None, "ssl_init": "pretrained", "ssl_layers": "weighted", "ssl_frozen": False,
+            "lora_rank": 0, "lora_alpha": None, "lora_targets": None, "gradient_checkpointing": False,
+            "mean_norm": True, "waveform_norm": None},
 }
-FRONTEND_KEYS = ("frontend", "frontend_window", "waveform_scale", "preemphasis", "dither", "mean_norm")
+FRONTEND_KEYS = ("frontend", *dict.fromkeys(option for options in FRONTEND_OPTIONS.values() for option in options))
 KALDI_EPSILON = torch.finfo(torch.float32).eps  # Kaldi's floor before the log
 KALDI_LOW_FREQ = 20.0
 SPEECHBRAIN_N_FFT = 400
@@ -109,7 +114,7 @@ class KaldiFbank(nn.Module):
     def __init__(self, n_mels: int, frontend_window: str, waveform_scale: float, preemphasis: float, dither: float,
                  mean_norm: bool) -> None:
         super().__init__()
-        self.waveform_scale, self.mean_norm = waveform_scale, mean_norm
+        self.feature_dim, self.waveform_scale, self.mean_norm = n_mels, waveform_scale, mean_norm
         self.spectrum = KaldiPowerSpectrum(frontend_window, preemphasis, dither)
         self.register_buffer("mel_banks", kaldi_mel_banks(n_mels), persistent=False)
 
@@ -139,7 +144,7 @@ class SpeechBrainFbank(nn.Module):
 
     def __init__(self, n_mels: int, frontend_window: str, waveform_scale: float, mean_norm: bool) -> None:
         super().__init__()
-        self.waveform_scale, self.mean_norm = waveform_scale, mean_norm
+        self.feature_dim, self.waveform_scale, self.mean_norm = n_mels, waveform_scale, mean_norm
         self.spectrogram = torchaudio.transforms.Spectrogram(n_fft=SPEECHBRAIN_N_FFT, hop_length=HOP_LENGTH,
                                                              center=True, pad_mode="constant", power=2.0)
         self.spectrogram.register_buffer("window", feature_window(frontend_window, SPEECHBRAIN_N_FFT, periodic=True),
@@ -178,24 +183,32 @@ def check_options(options: dict) -> None:
         raise ValueError(f"--dither must be 0 or above, got {options['dither']}")
 
 
-def build_frontend(n_mels: int, frontend: str | None = "logmel", frontend_window: str | None = None,
-                   waveform_scale: float | None = None, preemphasis: float | None = None, dither: float | None = None,
-                   mean_norm: bool | None = None) -> nn.Module:
-    """The front end named by --frontend with its options; an option left None takes the front end's default."""
+def build_frontend(n_mels: int, frontend: str | None = "logmel", stacked: bool = False, **given) -> nn.Module:
+    """The front end named by --frontend with its options (FRONTEND_OPTIONS); an option left None takes the front
+    end's default. `stacked`: a back end that weighs an encoder's layers itself, which needs --frontend ssl."""
     frontend = frontend or "logmel"
     if frontend not in FRONTEND_OPTIONS:
         raise ValueError(f"--frontend {frontend!r} is not a front end; choose {', '.join(FRONTEND_OPTIONS)}")
-    given = {"frontend_window": frontend_window, "waveform_scale": waveform_scale, "preemphasis": preemphasis,
-             "dither": dither, "mean_norm": mean_norm}
+    if stacked and frontend != "ssl":
+        raise ValueError(f"--frontend {frontend}: this back end pools the layers of a self-supervised encoder; "
+                         "use --frontend ssl with --ssl_source")
+    if stacked and given.get("ssl_layers") is not None:
+        raise ValueError("--ssl_layers does not apply to this back end: it weighs all of the encoder's layers itself")
     defaults = FRONTEND_OPTIONS[frontend]
     for name, value in given.items():
+        if name not in FRONTEND_KEYS:
+            raise TypeError(f"build_frontend() got an unexpected option {name!r}")
         if value is not None and name not in defaults:
             takes = ", ".join(f"--{option}" for option in defaults) or "no options"
             raise ValueError(f"--{name} does not apply to --frontend {frontend} (it takes {takes})")
-    options = {name: defaults[name] if given[name] is None else given[name] for name in defaults}
+    options = {name: default if given.get(name) is None else given[name] for name, default in defaults.items()}
     check_options(options)
     if frontend == "kaldi":
         return KaldiFbank(n_mels, **options)
     if frontend == "speechbrain":
         return SpeechBrainFbank(n_mels, **options)
+    if frontend == "ssl":
+        from models.SSLEncoder import SSLFrontEnd  # transformers is imported only for an ssl front end
+
+        return SSLFrontEnd(**options, stacked=stacked)
     return MeanNormalisedFbank(n_mels)

@@ -93,6 +93,7 @@ class MeanNormalisedFbank(nn.Module):
 
     def __init__(self, n_mels: int = 80) -> None:
         super().__init__()
+        self.feature_dim = n_mels
         self.mel = mel_filterbank(n_mels, window_fn=torch.hamming_window)
 
     def frames(self, samples: int) -> int:

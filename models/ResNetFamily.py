@@ -101,8 +101,8 @@ class FbankResNet(nn.Module):
         self.layer2 = make_layer(block, widths[0] * block.expansion, widths[1], layers[1], stride=2)
         self.layer3 = make_layer(block, widths[1] * block.expansion, widths[2], layers[2], stride=2)
         self.layer4 = make_layer(block, widths[2] * block.expansion, widths[3], layers[3], stride=2)
-        self.pool = statistics_pooling(pooling, widths[3] * block.expansion * halved_three_times(n_mels),
-                                       model_name)
+        pooled_channels = widths[3] * block.expansion * halved_three_times(self.fbank.feature_dim)
+        self.pool = statistics_pooling(pooling, pooled_channels, model_name)
         self.embedding = nn.Linear(self.pool.out_dim, nOut)
         self.second_embedding = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(nOut, affine=False),
                                               nn.Linear(nOut, nOut)) if two_emb_layer else nn.Identity()

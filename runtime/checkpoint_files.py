@@ -91,7 +91,12 @@ def model_weights(content: dict, path: str = "") -> dict[str, torch.Tensor]:
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: str = "") -> LoadReport:
-    """Copy matching tensors (parameters and buffers) into `module` and report the rest."""
+    """Copy matching tensors (parameters and buffers) into `module` and report the rest. A part of the module with
+    `adapt_weights(prefix, weights)` first makes the file's tensors fit itself (an ssl front end merges LoRA
+    adapters into a model without them)."""
+    for name, part in module.named_modules():
+        if hasattr(part, "adapt_weights"):
+            weights = part.adapt_weights(f"{name}." if name else "", weights)
     own = module.state_dict()
     report = LoadReport(path=path)
     with torch.no_grad():

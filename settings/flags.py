@@ -15,6 +15,7 @@ MINIMUM = {"max_frames": 1, "eval_frames": 0, "batch_size": 1, "max_seg_per_spk"
            "test_interval": 1, "max_epoch": 1, "nPerSpeaker": 1, "nClasses": 1, "num_eval": 1, "n_mels": 1,
            "nOut": 1, "weight_decay": 0, "length_tolerance": 0, "checkpoint_minutes": 0, "nonfinite_limit": 1,
            "nproc": 0, "gpu_id": 0, "freeze_backbone_epochs": 0, "backbone_lr_factor": 0,
+           "encoder_lr_factor": 0, "layer_decay": 0, "lora_rank": 0, "lora_alpha": 0,
            "save_last_epochs": 0, "keep_last": 0, "keep_best": 0,
            "lr_reference_batch": 0}
 POSITIVE = ("lr", "lr_decay", "scale")
@@ -93,6 +94,11 @@ FLAG_GROUPS = {
         ("weight_decay", float, 0, "weight decay"),
         ("backbone_lr_factor", float, 1.0, "fine-tuning: the embedding model trains at this times the loss head's "
                                            "learning rate (its own parameter group); the LR logged is the head's"),
+        ("encoder_lr_factor", float, 1.0, "--frontend ssl: the self-supervised encoder trains at this times the "
+                                          "embedding model's learning rate (joint fine-tuning, e.g. 0.1)"),
+        ("layer_decay", float, 1.0, "--frontend ssl: layer-wise learning-rate decay; encoder layer k of L trains at "
+                                    "decay^(L - k) times the encoder's rate (the layers before the first at "
+                                    "decay^L)"),
         ("lr_reference_batch", int, 0, "multiply --lr and the scheduler's other learning rates (--final_lr) by "
                                         "(processes x --batch_size x --nPerSpeaker) / this batch, as wespeaker does "
                                         "with 64; 0: use them as given"),
@@ -140,10 +146,11 @@ FLAG_GROUPS = {
         ("encoder_type", str, "SAP", "pooling: SAP, ASP (ResNets), TAP, MAX (VGGVox)"),
         ("nOut", int, 512, "embedding size"),
     ],
-    "Front end (fbank models)": [
+    "Front end": [
         ("frontend", str, "logmel", "features of ECAPA_TDNN, ResNet34/221/293 and CAMPPlus: logmel (torchaudio log "
-                                    "mel), kaldi (Kaldi's fbank, as wespeaker and 3D-Speaker) or speechbrain "
-                                    "(SpeechBrain's Fbank)"),
+                                    "mel), kaldi (Kaldi's fbank, as wespeaker and 3D-Speaker), speechbrain "
+                                    "(SpeechBrain's Fbank) or ssl (a self-supervised encoder's hidden layers; MHFA "
+                                    "and SSL_MFA take only ssl)"),
         ("frontend_window", str, None, "kaldi, speechbrain: window povey, hamming, hann, rectangular or blackman "
                                        "(Kaldi's formulas; symmetric for kaldi, periodic for speechbrain); default "
                                        "povey for kaldi, hamming for speechbrain"),
@@ -152,7 +159,24 @@ FLAG_GROUPS = {
         ("preemphasis", float, None, "kaldi: pre-emphasis coefficient from 0 to 1 (default 0.97)"),
         ("dither", float, None, "kaldi: in training only, Gaussian noise of this standard deviation (waveform-scale "
                                 "units) added to each frame, as Kaldi's --dither (default 0)"),
-        ("mean_norm", bool, None, "kaldi, speechbrain: subtract each utterance's mean over time (default true)"),
+        ("mean_norm", bool, None, "kaldi, speechbrain, ssl: subtract each utterance's mean over time (default "
+                                  "true)"),
+        ("ssl_source", str, None, "ssl: the encoder, a folder with transformers' config.json (and weights) or a hub "
+                                  "name such as microsoft/wavlm-base-plus or facebook/w2v-bert-2.0: WavLM, HuBERT, "
+                                  "wav2vec 2.0 or w2v-BERT 2.0"),
+        ("ssl_init", str, None, "ssl: pretrained (the source's weights; default) or random (config.json alone)"),
+        ("ssl_layers", str, None, "ssl: weighted (learnt softmax-weighted sum of all hidden layers; default), concat "
+                                  "(all layers along channels: multi-layer feature aggregation) or last"),
+        ("ssl_frozen", bool, None, "ssl: the encoder does not train (its layer weights and the back end do)"),
+        ("lora_rank", int, None, "ssl: LoRA adapters of this rank on --lora_targets, the rest of the encoder frozen "
+                                 "(default 0: no adapters)"),
+        ("lora_alpha", float, None, "ssl: LoRA scaling is alpha / rank (default alpha 2 x rank)"),
+        ("lora_targets", str, None, "ssl: comma-separated names of the encoder's linear layers that get adapters "
+                                    "(default q_proj,v_proj; linear_q,linear_v for w2v-BERT)"),
+        ("gradient_checkpointing", bool, None, "ssl: recompute the encoder's activations in the backward pass "
+                                               "(less memory, more time)"),
+        ("waveform_norm", bool, None, "ssl: zero-mean, unit-variance waveforms into the encoder (default: the "
+                                      "source's preprocessor_config.json do_normalize, else false)"),
     ],
     "Run mode and hardware": [
         ("eval", bool, False, "evaluate only, then exit"),
@@ -192,7 +216,7 @@ FLAG_GROUPS = {
                                           "0: equal lengths only, every utterance embedded whole"),
     ],
 }
-FRONTEND_FLAGS = tuple(name for name, *_ in FLAG_GROUPS["Front end (fbank models)"])
+FRONTEND_FLAGS = tuple(name for name, *_ in FLAG_GROUPS["Front end"])
 # The YAML sections of the parts (model_args: {nOut: 256}): the framework flags each holds. The section of a
 # plug-in folder (SECTION_FOLDERS) also holds the options the selected plug-in declares in its OPTIONS.
 SECTION_FLAGS = {
@@ -209,7 +233,7 @@ SECTION_FOLDERS = {"model_args": "models", "loss_args": "loss", "optimizer_args"
 def check_ranges(args: argparse.Namespace) -> None:
     """Refuse numeric values no run can use (e.g. --max_frames 0, --batch_size 0, --lr -1)."""
     for name, low in MINIMUM.items():
-        if getattr(args, name) < low:
+        if getattr(args, name) is not None and getattr(args, name) < low:
             raise ConfigError(f"--{name} must be at least {low}, got {getattr(args, name)}")
     for name in POSITIVE:
         if not getattr(args, name) > 0:

@@ -66,7 +66,8 @@ def speechbrain_reference(wave: np.ndarray, n_mels: int, periodic_window: np.nda
 @pytest.mark.parametrize("preemphasis", [0.0, 0.97])
 @pytest.mark.parametrize("scale", [1.0, 32768.0])
 def test_kaldi_matches_torchaudio_compliance(window, preemphasis, scale):
-    front_end = build_frontend(40, "kaldi", window, scale, preemphasis, mean_norm=False).eval()
+    front_end = build_frontend(40, "kaldi", frontend_window=window, waveform_scale=scale, preemphasis=preemphasis,
+                               mean_norm=False).eval()
     for samples in LENGTHS:
         batch = speech_like(2, samples)
         feats = front_end(batch)
@@ -87,15 +88,17 @@ def test_kaldi_defaults_and_mean_normalisation():
 
 
 def test_kaldi_constants_are_not_saved():
-    front_end = build_frontend(80, "kaldi", "hamming", 32768.0, dither=1.0)
+    front_end = build_frontend(80, "kaldi", frontend_window="hamming", waveform_scale=32768.0, dither=1.0)
     assert isinstance(front_end, KaldiFbank) and front_end.state_dict() == {}
     model = ECAPA_TDNN.MainModel(nOut=32, channels=16, frontend="kaldi")
     assert not [key for key in model.state_dict() if key.startswith("fbank.")]
 
 
 def test_dither_only_in_training():
-    front_end = build_frontend(80, "kaldi", "hamming", 32768.0, dither=1.0, mean_norm=False)
-    undithered = build_frontend(80, "kaldi", "hamming", 32768.0, mean_norm=False).eval()
+    front_end = build_frontend(80, "kaldi", frontend_window="hamming", waveform_scale=32768.0, dither=1.0,
+                               mean_norm=False)
+    undithered = build_frontend(80, "kaldi", frontend_window="hamming", waveform_scale=32768.0,
+                                 mean_norm=False).eval()
     batch = speech_like(2, 8_000)
     front_end.eval()
     torch.testing.assert_close(front_end(batch), undithered(batch), rtol=1e-6, atol=1e-6)
@@ -115,8 +118,8 @@ def test_dither_only_in_training():
 def test_speechbrain_matches_an_independent_computation(window, scale, mean_norm):
     periodic = {"hamming": 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(400) / 400),
                 "hann": 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)}[window]
-    front_end = build_frontend(40, "speechbrain", window if window != "hamming" else None, scale,
-                               mean_norm=mean_norm)
+    front_end = build_frontend(40, "speechbrain", frontend_window=window if window != "hamming" else None,
+                               waveform_scale=scale, mean_norm=mean_norm)
     assert isinstance(front_end, SpeechBrainFbank) and front_end.state_dict() == {}
     for samples in (1_000, 16_123):
         batch = speech_like(2, samples, seed=samples)
@@ -220,7 +223,8 @@ def test_frontend_settings_picks_the_front_end_flags():
 def test_models_with_their_own_features_refuse_a_front_end():
     for flags in ({"frontend": "kaldi"}, {"mean_norm": False}):
         with pytest.raises(PluginError, match=r"ResNetSE34L computes its own features; the front-end flags apply "
-                                              r"to CAMPPlus, ECAPA_TDNN, ResNet152, ResNet221, ResNet293, ResNet34$"):
+                                              r"to CAMPPlus, ECAPA_TDNN, MHFA, ResNet152, ResNet221, ResNet293, ResNet34, "
+                                              r"SSL_MFA$"):
             SpeakerNet(model="ResNetSE34L", trainfunc="angleproto", nOut=32, **flags)
     SpeakerNet(model="ResNetSE34L", trainfunc="angleproto", nOut=32, frontend="logmel", dither=None)
 

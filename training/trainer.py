@@ -54,10 +54,14 @@ class ModelTrainer:
             self.dataset, self.sampler = DatasetLoader.training_data(settings.data, context.rank, context.world_size)
             steps_per_epoch = DatasetLoader.steps_per_epoch(self.sampler, settings.data)
         self.backbone_lr_factor = kwargs.get("backbone_lr_factor", 1.0)
+        self.group_factors = {name: kwargs.get(name, 1.0)
+                              for name in ("backbone_lr_factor", "encoder_lr_factor", "layer_decay")}
         self.backbone_frozen = False
+        # what trains when the backbone is not frozen (a frozen ssl encoder or LoRA's base weights stay frozen)
+        self.backbone_trainable = [parameter.requires_grad for parameter in speaker_model.module.__S__.parameters()]
         self.record = kwargs if record is None else record
         kwargs, self.lr_scaling = scale_learning_rates(kwargs, scheduler, context.world_size)
-        groups = parameter_groups(speaker_model.module, kwargs["lr"], self.backbone_lr_factor)
+        groups = parameter_groups(speaker_model.module, kwargs["lr"], *self.group_factors.values())
         self.__optimizer__ = build_plugin("optimizer", optimizer, kwargs, groups)
         scheduler_flags = {**kwargs, "steps_per_epoch": steps_per_epoch}
         self.__scheduler__, self.lr_step = build_plugin("scheduler", scheduler, scheduler_flags, self.__optimizer__)
@@ -272,8 +276,8 @@ class ModelTrainer:
         """Freeze the embedding model `__S__` (no gradients, BatchNorm statistics kept) so that only the loss head
         trains, or release it."""
         self.backbone_frozen = frozen
-        for parameter in self.__model__.module.__S__.parameters():
-            parameter.requires_grad_(not frozen)
+        for parameter, trainable in zip(self.__model__.module.__S__.parameters(), self.backbone_trainable):
+            parameter.requires_grad_(trainable and not frozen)
 
     def train_mode(self) -> None:
         """Training mode, with the BatchNorm layers of a frozen embedding model in eval mode."""
@@ -297,8 +301,12 @@ class ModelTrainer:
         head = f"learning rate {self.current_lr():g}"
         if len(self.__optimizer__.param_groups) == 1:
             return head
-        return (f"{head} for the loss head, {self.__optimizer__.param_groups[0]['lr']:g} for the embedding model "
-                f"(--backbone_lr_factor {self.backbone_lr_factor:g})")
+        groups = self.__optimizer__.param_groups
+        text = f"{head} for the loss head, {groups[-2]['lr']:g} for the embedding model"
+        if len(groups) > 2:
+            text += f", {groups[0]['lr']:g} to {groups[-3]['lr']:g} for the encoder's layers"
+        factors = ", ".join(f"--{name} {value:g}" for name, value in self.group_factors.items() if value != 1)
+        return f"{text} ({factors})"
 
     # Checkpoints and the original's evaluation call.
 
@@ -350,11 +358,13 @@ class ModelTrainer:
 
     def resume(self, path: str, content: dict, rank: int = 0, world_size: int = 1) -> ResumePoint:
         """Restore model, optimizer, scheduler, scaler and this rank's RNG states from a checkpoint read from `path`."""
-        saved_factor = (content.get("args") or {}).get("backbone_lr_factor", 1.0)
-        if "optimizer_state_dict" in content and saved_factor != self.backbone_lr_factor:
-            raise checkpoint_files.CheckpointError(
-                f"{path} was trained with --backbone_lr_factor {saved_factor:g}; continue with that value, or start "
-                f"a new run in another --save_path with --initial_model {path}")
+        saved = content.get("args") or {}
+        for name, factor in self.group_factors.items():
+            saved_factor = saved.get(name, 1.0)
+            if "optimizer_state_dict" in content and saved_factor != factor:
+                raise checkpoint_files.CheckpointError(
+                    f"{path} was trained with --{name} {saved_factor:g}; continue with that value, or start "
+                    f"a new run in another --save_path with --initial_model {path}")
         return training_state.restore_training(self.recoverables(), path, content, rank, world_size)
 
     def evaluateFromList(self, test_list: str, test_path: str, nDataLoaderThread: int, eval_frames: int,
