@@ -40,11 +40,21 @@ class SpeakerNet(nn.Module):
         return self.__L__(embeddings, label)
 
 
+def models_with(attribute: str) -> list[str]:
+    """The model plug-ins whose network class has `attribute` set."""
+    return [name for name in available_plugins("models")
+            if any(isinstance(value, type) and getattr(value, attribute, False)
+                   for value in vars(plugin_module("models", name)).values())]
+
+
 def frontend_models() -> list[str]:
     """The model plug-ins that take the front-end flags (their network class has `takes_frontend`)."""
-    return [name for name in available_plugins("models")
-            if any(isinstance(value, type) and getattr(value, "takes_frontend", False)
-                   for value in vars(plugin_module("models", name)).values())]
+    return models_with("takes_frontend")
+
+
+def ssl_back_ends() -> list[str]:
+    """The model plug-ins that pool a self-supervised encoder's layers themselves (they need --frontend ssl)."""
+    return models_with("pools_encoder_layers")
 
 
 def check_frontend_flags(model: str, network: nn.Module, flags: dict) -> None:

@@ -1,6 +1,6 @@
 """Export every model to ONNX and TorchScript and print how closely each reproduces PyTorch, and how long it took.
 
-    python benchmarks/export_parity.py                        # every model in models/, both formats
+    python benchmarks/export_parity.py                        # every fbank/waveform model, both formats
     python benchmarks/export_parity.py --models ECAPA_TDNN --formats onnx
 
 Each model is built at its recipe size with freshly initialised weights (seed 0) and exported with
@@ -23,7 +23,7 @@ from results_file import save_json  # noqa: E402
 
 from deployment.export import compare, export_model, parity_clips  # noqa: E402
 from settings.plugins import available_plugins  # noqa: E402
-from SpeakerNet import SpeakerNet  # noqa: E402
+from SpeakerNet import SpeakerNet, ssl_back_ends  # noqa: E402
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "export_parity.json"
 FBANK = {"n_mels": 80}
@@ -62,7 +62,8 @@ def measure(model: str, kind: str) -> dict:
 def main() -> None:
     """Measure the chosen models and formats, print a Markdown table and save the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=available_plugins("models"))
+    parser.add_argument("--models", nargs="+", default=[model for model in available_plugins("models")
+                                                     if model not in ssl_back_ends()])
     parser.add_argument("--formats", nargs="+", default=["onnx", "torchscript"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -33,6 +33,7 @@ class MHFA(nn.Module):
 
     model_name = "MHFA"
     takes_frontend = True
+    pools_encoder_layers = True  # needs --frontend ssl
 
     def __init__(self, nOut: int, heads: int, compression: int, **frontend) -> None:
         super().__init__()

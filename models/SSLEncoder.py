@@ -17,7 +17,6 @@ import re
 import torch
 from torch import nn
 
-from models.FrontEnd import WIN_LENGTH
 from runtime.errors import UserError
 
 ENCODER_KINDS = ("wavlm", "hubert", "wav2vec2", "wav2vec2-bert")  # transformers' model_type of each
@@ -78,8 +77,10 @@ class W2VBertFeatures(nn.Module):
         self.fbank = KaldiFbank(W2V_BERT_MELS, "povey", 32768.0, 0.97, 0.0, mean_norm=False)
 
     def frames(self, samples: int) -> int:
-        """Encoder frames of `samples` samples (an odd fbank frame count is padded by one zero frame)."""
-        return math.ceil(self.fbank.frames(samples) / W2V_BERT_STRIDE)
+        """Encoder frames of `samples` samples (an odd fbank frame count is padded by one zero frame); the
+        normalisation's variance needs two fbank frames."""
+        fbank_frames = self.fbank.frames(samples)
+        return math.ceil(fbank_frames / W2V_BERT_STRIDE) if fbank_frames >= 2 else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
@@ -118,11 +119,13 @@ class SSLFrontEnd(nn.Module):
         self.layer_weights = nn.Parameter(torch.zeros(self.num_layers)) if self.layers_mode == "weighted" else None
         if ssl_frozen or lora_rank:
             self.encoder.requires_grad_(False)
+        if getattr(self.encoder, "masked_spec_embed", None) is not None:
+            self.encoder.masked_spec_embed.requires_grad_(False)  # used by the masking only, which is off
         if lora_rank:
             self.add_lora(lora_rank, 2.0 * lora_rank if lora_alpha is None else lora_alpha,
                           lora_targets or DEFAULT_LORA_TARGETS.get(self.kind, "q_proj,v_proj"))
         if gradient_checkpointing:
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.encoder.activation_checkpointing_enable({"use_reentrant": False})
         self.feature_dim = self.hidden_size * (self.num_layers if self.layers_mode == "concat" else 1)
 
     def add_lora(self, rank: int, alpha: float, targets: str) -> None:
@@ -177,7 +180,7 @@ class SSLFrontEnd(nn.Module):
     def frames(self, samples: int) -> int:
         """Encoder frames of `samples` samples."""
         if self.inputs is not None:
-            return self.inputs.frames(samples) if samples >= WIN_LENGTH else 0
+            return self.inputs.frames(samples)
         length = samples
         for kernel, stride in zip(self.encoder.config.conv_kernel, self.encoder.config.conv_stride):
             length = (length - kernel) // stride + 1

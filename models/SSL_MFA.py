@@ -26,6 +26,7 @@ class SSL_MFA(nn.Module):
 
     model_name = "SSL_MFA"
     takes_frontend = True
+    pools_encoder_layers = True  # needs --frontend ssl
 
     def __init__(self, nOut: int, adapter_dim: int, layers: int, **frontend) -> None:
         super().__init__()
