@@ -177,7 +177,7 @@ def test_gradient_checkpointing_recomputes_the_layers_and_gives_the_same_gradien
         net = speaker_net(encoders["hubert"], gradient_checkpointing=checkpointing).train()
         layer_calls = []
         first_layer = net.__S__.fbank.encoder.encoder.layers[0]
-        first_layer.feed_forward.register_forward_hook(lambda *_: layer_calls.append(1))
+        first_layer.feed_forward.register_forward_hook(lambda *_, seen=layer_calls: seen.append(1))
         torch.manual_seed(5)  # the same dropout masks; checkpointing replays them in the recomputation
         net(waveforms(4).reshape(4, 1, -1), torch.arange(4))[0].backward()
         grads.append({name: parameter.grad for name, parameter in net.named_parameters()})
