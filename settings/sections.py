@@ -59,6 +59,15 @@ class ModelSettings:
     preemphasis: float | None
     dither: float | None
     mean_norm: bool | None
+    ssl_source: str | None  # the ssl front end's options; None: its defaults
+    ssl_init: str | None
+    ssl_layers: str | None
+    ssl_frozen: bool | None
+    lora_rank: int | None
+    lora_alpha: float | None
+    lora_targets: str | None
+    gradient_checkpointing: bool | None
+    waveform_norm: bool | None
 
 
 @dataclass(frozen=True)
