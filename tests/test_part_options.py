@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from ssl_encoders import write_tiny_encoder
 
 import arguments
 import trainSpeakerNet
@@ -19,7 +20,7 @@ from settings.plugins import (
     plugin_arguments,
     plugin_options,
 )
-from SpeakerNet import SpeakerNet, WrappedModel
+from SpeakerNet import SpeakerNet, WrappedModel, ssl_back_ends
 from training.trainer import ModelTrainer
 
 PROJECT_ROOT = Path(arguments.__file__).resolve().parent
@@ -145,7 +146,9 @@ ERRORS = {
     "not a front-end flag": (
         {"frontend_args": {"n_mels": 80}},
         "key 'frontend_args.n_mels' is not a setting of the front end; frontend_args takes frontend, "
-        "frontend_window, waveform_scale, preemphasis, dither, mean_norm ('n_mels' belongs in model_args)"),
+        "frontend_window, waveform_scale, preemphasis, dither, mean_norm, ssl_source, ssl_init, ssl_layers, "
+        "ssl_frozen, lora_rank, lora_alpha, lora_targets, gradient_checkpointing, waveform_norm ('n_mels' belongs in "
+        "model_args)"),
     "a section that is a list": (
         {"loss_args": ["margin", 0.2]}, "section 'loss_args' must hold 'key: value' lines, found ['margin', 0.2]"),
     "a section that is a value": (
@@ -189,10 +192,19 @@ def perturbed(flags: dict, keep: set[str]) -> dict:
     return {key: value if key in keep else change(value) for key, value in flags.items()}
 
 
-def plugin_flags(folder: str, name: str) -> dict:
-    """The default flags of a run that selects plug-in `folder/name` (RawNet3 with its own pooling)."""
+@pytest.fixture(scope="module")
+def encoder_folder(tmp_path_factory) -> str:
+    """A tiny random encoder for the back ends that need --frontend ssl."""
+    return write_tiny_encoder("wavlm", tmp_path_factory.mktemp("encoder") / "wavlm")
+
+
+def plugin_flags(folder: str, name: str, encoder: str) -> dict:
+    """The default flags of a run that selects plug-in `folder/name` (RawNet3 with its own pooling, the ssl back
+    ends on `encoder`)."""
     selector = {"models": "--model", "loss": "--trainfunc", "optimizer": "--optimizer", "scheduler": "--scheduler"}
     extra = ["--encoder_type", "ECA"] if name == "RawNet3" else []
+    if folder == "models" and name in ssl_back_ends():
+        extra = ["--frontend", "ssl", "--ssl_source", encoder]
     return {**vars(arguments.parse_arguments([selector[folder], name, *extra])), "steps_per_epoch": 3}
 
 
@@ -220,10 +232,10 @@ def built(folder: str, name: str, kwargs: dict):
 
 @pytest.mark.parametrize("folder, name", [(folder, name) for folder in RECEIVED_FLAGS
                                           for name in available_plugins(folder)])
-def test_every_plugin_builds_from_its_arguments_and_reads_no_other_flag(folder, name):
+def test_every_plugin_builds_from_its_arguments_and_reads_no_other_flag(folder, name, encoder_folder):
     """Each plug-in builds from plugin_arguments of the default flags, and builds the same thing when it is given
     every flag with every other flag changed: it reads nothing beyond what it receives."""
-    flags = plugin_flags(folder, name)
+    flags = plugin_flags(folder, name, encoder_folder)
     arguments_given = plugin_arguments(folder, name, flags)
     # Every flag, as the original passed them, less the name of a scheduler's first parameter.
     everything = perturbed({key: value for key, value in flags.items() if key != "optimizer" or folder != "scheduler"},

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 from ssl_encoders import write_tiny_encoder
+from test_distributed import free_port
 from test_resilience import inside_epoch, resilient_run, saved_position, start, wait_for
 from test_train_cli import checkpoint_names, epoch_log, run_cli, small_run
 
 import embedSpeaker
 import exportModel
-from test_distributed import free_port
 
 pytestmark = pytest.mark.integration
 
