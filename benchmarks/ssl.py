@@ -1,6 +1,7 @@
 """Training with a self-supervised front end: samples/s, peak memory and the encoder's share of a step.
 
-    python benchmarks/ssl.py                      # frozen, LoRA and full fine-tuning; bf16 too where it is fast
+    python benchmarks/ssl.py                      # frozen, LoRA, full fine-tuning (with and without gradient
+                                                  # checkpointing); bf16 too where it is fast
     python benchmarks/ssl.py --batch 8 --seconds 3 --steps 5 --device cuda
 
 A random encoder of WavLM-Base+'s size (transformers' WavLMConfig defaults: 12 layers, 768 wide, 94.4 M
@@ -41,7 +42,8 @@ from training.trainer import ModelTrainer  # noqa: E402
 RESULTS = BENCHMARKS / "results" / "ssl.json"
 MODES = {"frozen": {"ssl_frozen": True},
          "LoRA r64": {"lora_rank": 64, "lora_alpha": 128.0},
-         "full fine-tuning": {}}
+         "full fine-tuning": {},
+         "full, gradient checkpointing": {"gradient_checkpointing": True}}
 SPEAKERS = 1000
 
 

@@ -122,8 +122,9 @@ def test_back_ends_train_on_each_encoder_kind(encoders, model):
 
 # ---------------------------------------------------------------- the stages
 
-def test_frozen_encoder_stays_bit_identical_while_the_layer_weights_and_back_end_learn(encoders):
-    net = speaker_net(encoders["wavlm"], ssl_frozen=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_frozen_encoder_stays_bit_identical_while_the_layer_weights_and_back_end_learn(encoders, kind):
+    net = speaker_net(encoders[kind], ssl_frozen=True)
     encoder, before = net.__S__.fbank.encoder, snapshot(net)
     train_steps(trainer_of(net))
     after = snapshot(net)
@@ -134,8 +135,12 @@ def test_frozen_encoder_stays_bit_identical_while_the_layer_weights_and_back_end
     assert not encoder.training, "a frozen encoder runs without dropout"
 
 
-def test_lora_steps_change_only_adapters_and_back_end(encoders):
-    net = speaker_net(encoders["wav2vec2-bert"], lora_rank=4)
+LORA_TARGETS = {"wavlm": (".intermediate_dense", ".output_dense"), "wav2vec2-bert": (".linear_q", ".linear_v")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_steps_change_only_adapters_and_back_end(encoders, kind):
+    net = speaker_net(encoders[kind], lora_rank=4)
     before = snapshot(net)
     train_steps(trainer_of(net))
     moved = changed(before, snapshot(net))
@@ -143,7 +148,7 @@ def test_lora_steps_change_only_adapters_and_back_end(encoders):
     assert in_encoder and all(".lora_A." in name or ".lora_B." in name for name in in_encoder)
     adapted = {name.split(".lora_")[0] for name in in_encoder}
     assert adapted == {name.split(".lora_A.")[0] for name in before if ".lora_A." in name}  # every adapter learns
-    assert all(name.endswith((".linear_q", ".linear_v")) for name in adapted)
+    assert all(name.endswith(LORA_TARGETS.get(kind, (".q_proj", ".v_proj"))) for name in adapted)
     assert {"__S__.fbank.layer_weights", "__S__.layer1.0.weight"} <= moved
 
 
