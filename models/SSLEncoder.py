@@ -40,6 +40,10 @@ def read_encoder(source: str, init: str) -> nn.Module:
 
     if init not in ("pretrained", "random"):
         raise EncoderSourceError(f"--ssl_init {init!r} is not an option; choose pretrained or random")
+    if source.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(source)):
+        raise EncoderSourceError(f"--ssl_source {source}: no such folder (give a folder with the encoder's "
+                                 "config.json, or a hub name such as microsoft/wavlm-base-plus)")
+    source = os.path.expanduser(source)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
@@ -114,7 +118,9 @@ class SSLFrontEnd(nn.Module):
         self.num_layers = config.num_hidden_layers + 1  # the feature projection's output, then each layer's
         self.layers_mode = "stacked" if stacked else ssl_layers
         self.mean_norm, self.frozen = mean_norm, ssl_frozen
-        self.waveform_norm = reads_normalised_waveforms(ssl_source) if waveform_norm is None else waveform_norm
+        if waveform_norm is None:
+            waveform_norm = reads_normalised_waveforms(os.path.expanduser(ssl_source))
+        self.waveform_norm = waveform_norm
         self.inputs = W2VBertFeatures() if self.kind == "wav2vec2-bert" else None
         self.layer_weights = nn.Parameter(torch.zeros(self.num_layers)) if self.layers_mode == "weighted" else None
         if ssl_frozen or lora_rank:

@@ -249,8 +249,11 @@ def test_export_parity(encoders, model, kind, tmp_path):
 def test_bad_sources_and_options_name_the_flag(encoders, tmp_path):
     with pytest.raises(EncoderSourceError, match=r"--frontend ssl needs --ssl_source"):
         build_frontend(0, "ssl")
-    with pytest.raises(EncoderSourceError, match=rf"--ssl_source {tmp_path}/missing: cannot read"):
+    with pytest.raises(EncoderSourceError, match=rf"--ssl_source {tmp_path}/missing: no such folder"):
         build_frontend(0, "ssl", ssl_source=str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderSourceError, match=rf"--ssl_source {tmp_path}/empty: cannot read the encoder's config"):
+        build_frontend(0, "ssl", ssl_source=str(tmp_path / "empty"))
     transformers.BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
                             intermediate_size=8).save_pretrained(tmp_path / "bert")
     with pytest.raises(EncoderSourceError, match=r"is a 'bert' model; the ssl front end takes wavlm, hubert"):
