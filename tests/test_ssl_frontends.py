@@ -73,6 +73,21 @@ def test_hidden_states_equal_the_transformers_forward(encoders, kind):
     torch.testing.assert_close(stacked, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_normalised_waveforms_when_the_source_asks_for_them(encoders, tmp_path):
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True)
+    folder = tmp_path / "hubert"
+    transformers.AutoModel.from_pretrained(encoders["hubert"]).save_pretrained(folder)
+    extractor.save_pretrained(folder)
+    ours = build_frontend(0, "ssl", stacked=True, ssl_source=str(folder), mean_norm=False).eval()
+    assert ours.waveform_norm and not build_frontend(0, "ssl", ssl_source=encoders["hubert"]).waveform_norm
+    batch = waveforms(2, 1.2, seed=4) + 0.05  # a DC offset and a scale the normalisation removes
+    inputs = extractor(list(batch.numpy()), sampling_rate=16000, return_tensors="pt")["input_values"]
+    theirs = transformers.AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = torch.stack(theirs(inputs, output_hidden_states=True).hidden_states, dim=1).transpose(2, 3)
+        torch.testing.assert_close(ours(batch), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("seconds", [1.0, 1.01])  # an even and an odd number of fbank frames
 def test_w2v_bert_features_equal_the_seamless_feature_extractor(seconds):
     batch = waveforms(2, seconds, seed=3)
