@@ -106,8 +106,8 @@ FLAG_GROUPS = {
     "Loss functions": [
         ("hard_prob", float, 0.5, "triplet: probability of a hard negative"),
         ("hard_rank", int, 10, "triplet: hard negative drawn from the top hard_rank+1"),
-        ("margin", float, 0.1, "margin of amsoftmax, aamsoftmax and triplet"),
-        ("scale", float, 30, "scale of amsoftmax and aamsoftmax"),
+        ("margin", float, 0.1, "margin of amsoftmax, the aamsoftmax losses, sphereface2, hamsoftmax and triplet"),
+        ("scale", float, 30, "scale of amsoftmax, the aamsoftmax losses, sphereface2 and hamsoftmax"),
         ("easy_margin", bool, False, "aamsoftmax: easy-margin variant"),
         ("nPerSpeaker", int, 1, "utterances per speaker in each batch item (metric losses need 2 or more)"),
         ("nClasses", int, 5994, "number of training speakers for classification losses"),
