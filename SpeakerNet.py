@@ -26,10 +26,12 @@ class SpeakerNet(nn.Module):
         arguments = plugin_arguments("models", model, kwargs)
         self.model_settings = {"model": model, **{name: value for name, value in arguments.items() if name != "device"}}
 
-    def forward(self, data: torch.Tensor, label: torch.Tensor | None = None):
+    def forward(self, data: torch.Tensor, label: torch.Tensor | None = None,
+                mix: tuple[torch.Tensor, float] | None = None):
         """Without a label: embeddings [N, nOut] of waveforms [N, samples]. With labels: waveforms
         [speakers, per_speaker, samples] (or [speakers, samples]) -> the loss of embeddings [speakers,
-        per_speaker, nOut], as (loss, prec1)."""
+        per_speaker, nOut], as (loss, prec1). `mix` (the partners' labels, the own share) of a mixed batch: both
+        loss and prec1 are the share-weighted sums of those against the own and the partners' labels."""
         if label is None:
             return self.__S__(data.reshape(-1, data.shape[-1]))
         batch = data if data.dim() == 3 else data.unsqueeze(1)
@@ -37,7 +39,12 @@ class SpeakerNet(nn.Module):
         embeddings = self.__S__(batch.reshape(speakers * per_speaker, -1)).reshape(speakers, per_speaker, -1)
         if per_speaker == 1 and not hasattr(self.__L__, "min_per_speaker"):  # a loss written for the original
             embeddings = embeddings.squeeze(1)
-        return self.__L__(embeddings, label)
+        if mix is None:
+            return self.__L__(embeddings, label)
+        partners, share = mix
+        (own_loss, own_prec1), (other_loss, other_prec1) = self.__L__(embeddings, label), self.__L__(embeddings,
+                                                                                                        partners)
+        return share * own_loss + (1 - share) * other_loss, share * own_prec1 + (1 - share) * other_prec1
 
 
 def models_with(attribute: str) -> list[str]:
@@ -74,5 +81,5 @@ class WrappedModel(nn.Module):
         super().__init__()
         self.module = model
 
-    def forward(self, x, label=None):
-        return self.module(x, label)
+    def forward(self, x, label=None, mix=None):
+        return self.module(x, label, mix)

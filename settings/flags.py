@@ -75,6 +75,11 @@ FLAG_GROUPS = {
         ("test_interval", int, 10, "evaluate and save every N epochs (also the StepLR step size)"),
         ("max_epoch", int, 500, "last epoch (inclusive)"),
         ("trainfunc", str, "", "loss plug-in in loss/"),
+        ("mix", str, "none", "mix-based fine-tuning of a classifying loss: mixup (weighted sums of two training "
+                             "crops), cutmix (a time span of one crop replaced by another's), both (one of the two "
+                             "per batch) or none; the loss is the mix of both labels' losses"),
+        ("mix_alpha", float, 0.2, "--mix: the share of a crop's own utterance is drawn from Beta(alpha, alpha)"),
+        ("mix_prob", float, 1.0, "--mix: the share of training batches that are mixed"),
         ("freeze_backbone_epochs", int, 0, "fine-tuning: in the first N epochs the embedding model is frozen (no "
                                            "gradients, BatchNorm statistics kept) and only the loss head trains"),
         ("save_last_epochs", int, 0, "also save a checkpoint (without evaluating) at each of the last N epochs, for "

@@ -36,6 +36,8 @@ def wait_for(condition, process, seconds=300):
 LOSS_FLAGS = {  # one loss without randomness per speaker pair, one classifier, one that draws random negatives
     "angleproto": [],
     "softmax": ["--trainfunc", "softmax", "--nPerSpeaker", "1", "--nClasses", "6"],
+    "softmax_mixed": ["--trainfunc", "softmax", "--nPerSpeaker", "1", "--nClasses", "6", "--mix", "both",
+                      "--mix_alpha", "0.4"],  # CutMix and MixUp draw from the restored random state
     "triplet": ["--trainfunc", "triplet", "--hard_prob", "0.5", "--hard_rank", "1", "--margin", "0.3",
                 "--batch_size", "3"],  # 3 speakers a batch: 2 candidate negatives per anchor to draw from
 }

@@ -25,6 +25,7 @@ from runtime.training_state import EpochTotals, Recoverables, ResumePoint
 from settings.plugins import PluginError, build_plugin
 from settings.sections import RunSettings, Settings
 from training.epoch_meter import EpochMeter, NonFiniteLossError
+from training.mixing import Mixing
 from training.parameters import batchnorm_buffers, batchnorm_layers, parameter_groups, scale_learning_rates
 from training.run_log import initial_model_summary, log_line, log_timing, write_run_record
 
@@ -46,6 +47,9 @@ class ModelTrainer:
                  record: dict | None = None, context: distributed.Context = distributed.Context(),
                  steps_per_epoch: int = 1, settings: Settings | None = None, **kwargs):
         self.__model__ = speaker_model
+        self.mixing = Mixing(kwargs.get("mix", "none"), kwargs.get("mix_alpha", 0.2), kwargs.get("mix_prob", 1.0))
+        loss = speaker_model.module.__L__
+        self.mixing.check_loss(type(loss).__module__.rsplit(".", 1)[-1], getattr(loss, "classifies_speakers", False))
         self.device = device
         self.context = context
         self.settings = settings
@@ -177,8 +181,13 @@ class ModelTrainer:
     # Hooks a recipe may override.
 
     def compute_loss(self, data: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, prec1) of one batch [speakers, per_speaker, samples] (called under autocast)."""
-        return self.__model__(data, label)
+        """(loss, prec1) of one batch [speakers, per_speaker, samples] (called under autocast); with --mix, of the
+        batch mixed across its utterances against both labels."""
+        mixed = self.mixing.mix(data, label)
+        if mixed is None:
+            return self.__model__(data, label)
+        data, partners, share = mixed
+        return self.__model__(data, label, mix=(partners, share))
 
     def log_epoch(self, scorefile, epoch: int, loss: float, prec1: float, result_save_path: str) -> None:
         """Rank 0, after each epoch: the original's scores.txt line, and where the epoch's time went."""
