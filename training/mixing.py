@@ -42,8 +42,8 @@ class Mixing:
         """Refuse mixing for a loss without class outputs: a metric-learning loss has no soft label to give."""
         if self.enabled and not classifies_speakers:
             raise ConfigError(f"--mix {self.mode} needs a loss that classifies speakers (softmax, amsoftmax, the "
-                              f"aamsoftmax losses, sphereface2, hamsoftmax): '{trainfunc}' compares embeddings with "
-                              "each other, so a mixed utterance has no soft label there")
+                              f"aamsoftmax losses, sphereface2, hamsoftmax, softmaxproto): '{trainfunc}' compares "
+                              "embeddings with each other, so a mixed utterance has no soft label there")
 
     def mix(self, data: torch.Tensor, label: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, float] | None:
