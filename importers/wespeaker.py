@@ -13,12 +13,14 @@ RESNETS = {name: (name, {}) for name in ("ResNet34", "ResNet152", "ResNet221", "
 ECAPAS = {f"ECAPA_TDNN{'_GLOB' if glob else ''}_c{channels}": ("ECAPA_TDNN", {"channels": channels,
                                                                              "global_context": glob})
           for glob in (True, False) for channels in (512, 1024)}
-MODELS = {**RESNETS, **ECAPAS, "CAMPPlus": ("CAMPPlus", {})}
+SIMAM_RESNETS = {f"SimAM_ResNet{depth}_ASP": (f"SimAM_ResNet{depth}", {}) for depth in (34, 100)}
+MODELS = {**RESNETS, **ECAPAS, "CAMPPlus": ("CAMPPlus", {}), **SIMAM_RESNETS}
 # model_args each network takes, with the values our network requires where it has no option for them
 MODEL_ARGS = {"ResNet": {"feat_dim", "embed_dim", "pooling_func", "two_emb_layer"},
               "ECAPA_TDNN": {"feat_dim", "embed_dim", "pooling_func", "emb_bn"},
               "CAMPPlus": {"feat_dim", "embed_dim", "pooling_func", "growth_rate", "bn_size", "init_channels",
-                           "config_str"}}
+                           "config_str"},
+              "SimAM": {"in_planes", "embed_dim", "acoustic_dim", "dropout"}}
 FIXED_ARGS = {"ECAPA_TDNN": {"pooling_func": "ASTP", "emb_bn": False},
               "CAMPPlus": {"pooling_func": "TSTP", "growth_rate": 32, "bn_size": 4, "init_channels": 128,
                            "config_str": "batchnorm-relu"}}
@@ -52,12 +54,13 @@ CAMPPLUS_RULES: list[Rule] = [  # wespeaker's CAM++ keeps 3D-Speaker's names
     (r"^xvector\.out_nonlinear\.batchnorm\.", "blocks.6.0."),
     (r"^xvector\.dense\.linear\.", "embedding."), (r"^xvector\.dense\.nonlinear\.batchnorm\.", "embedding_bn."),
 ]
-RULES = {"ResNet": RESNET_RULES, "ECAPA_TDNN": ECAPA_RULES, "CAMPPlus": CAMPPLUS_RULES}
+SIMAM_RULES: list[Rule] = [(r"^front\.", ""), (r"^pooling\.", "pool."), (r"^bottleneck\.", "embedding.")]
+RULES = {"ResNet": RESNET_RULES, "ECAPA_TDNN": ECAPA_RULES, "CAMPPlus": CAMPPLUS_RULES, "SimAM": SIMAM_RULES}
 
 
 def family(model: str) -> str:
-    """ResNet, ECAPA_TDNN or CAMPPlus."""
-    return "ResNet" if model.startswith("ResNet") else model
+    """ResNet, ECAPA_TDNN, CAMPPlus or SimAM."""
+    return "ResNet" if model.startswith("ResNet") else "SimAM" if model.startswith("SimAM") else model
 
 
 def check_model_args(args: dict, kind: str, where: str) -> None:
@@ -81,6 +84,13 @@ def model_settings(config: dict, weights: dict, where: str) -> tuple[dict, str]:
     args = setting(config, "model_args", where, dict)
     kind = family(ours)
     check_model_args(args, kind, where)
+    if kind == "SimAM":  # SimAM_ResNet*_ASP(in_planes=64, embed_dim=256, acoustic_dim=80, dropout=0)
+        settings = {"model": ours, "n_mels": setting(args, "acoustic_dim", where + " model_args", int, 80,
+                                                     required=False),
+                    "nOut": setting(args, "embed_dim", where + " model_args", int, 256, required=False),
+                    "m_channels": setting(args, "in_planes", where + " model_args", int, 64, required=False),
+                    "pooling": "ASP"}
+        return settings, f"{name} ({settings['nOut']}-d)"
     settings = {"model": ours, **options, "n_mels": setting(args, "feat_dim", where + " model_args", int),
                 "nOut": setting(args, "embed_dim", where + " model_args", int)}
     if kind == "ResNet":

@@ -18,7 +18,8 @@ BASE_WIDTH = 32  # wespeaker's m_channels: channels of the stem and the first st
 RESNET_OPTIONS = {
     "pooling": (str, "TSTP", "ResNet34/152/221/293: temporal pooling: TSTP (mean and std over time), ASTP (attentive "
                              "statistics), TAP (mean), TSDP (std), MHASTP (2-head attentive), MQMHASTP (2 queries "
-                             "of 8 channel-wise heads), as wespeaker's ResNets"),
+                             "of 8 channel-wise heads), as wespeaker's ResNets, or ASP (attentive statistics with "
+                             "a ReLU and BatchNorm bottleneck, the SimAM-ResNets' default)"),
     "m_channels": (int, BASE_WIDTH, "ResNet34/152/221/293: channels of the stem and the first stage, doubled by each "
                                     "later stage (wespeaker's m_channels; released models: 32)"),
     "two_emb_layer": (bool, False, "ResNet34/152/221/293: a second embedding layer (linear, ReLU, BatchNorm without "
@@ -46,6 +47,25 @@ class BasicBlock(nn.Module):
         residual = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + residual)
+
+
+def simam(x: torch.Tensor, energy_floor: float = 1e-4) -> torch.Tensor:
+    """SimAM, parameter-free attention (Yang et al., 2021): each value of [B, C, H, W] gated by the sigmoid of its
+    inverse energy (x - mean)^2 / (4 (var + floor)) + 0.5, with the channel's mean and unbiased variance over the
+    map."""
+    squared = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+    variance = squared.sum(dim=(2, 3), keepdim=True) / (x.shape[2] * x.shape[3] - 1)
+    return x * torch.sigmoid(squared / (4 * (variance + energy_floor)) + 0.5)
+
+
+class SimAMBasicBlock(BasicBlock):
+    """A basic block whose second convolution's output is reweighted by SimAM before the shortcut is added."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block to [B, C, H, W]."""
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(simam(self.bn2(self.conv2(out))) + residual)
 
 
 class Bottleneck(nn.Module):

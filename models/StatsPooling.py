@@ -11,7 +11,8 @@ from torch import nn
 
 from models.Pooling import attentive_pooling
 
-POOLING_CHOICES = ("TSTP", "ASTP", "TAP", "TSDP", "MHASTP", "MQMHASTP")
+POOLING_CHOICES = ("TSTP", "ASTP", "TAP", "TSDP", "MHASTP", "MQMHASTP", "ASP")
+ASP_VARIANCE_FLOOR = 1e-5
 VARIANCE_FLOOR = 1e-7
 POPULATION_FLOOR = 1e-12  # SpeechBrain's attentive pooling clamps its (population) variance here
 
@@ -92,6 +93,26 @@ class AttentiveStatsPooling(nn.Module):
         return attentive_pooling(x, weights, dim=2, with_std=True, variance_bounds=(VARIANCE_FLOOR, None))
 
 
+class AttentiveStatisticsPooling(nn.Module):
+    """ASP as wespeaker's SimAM-ResNets pool: one attention weight per channel and frame from a 1x1 conv bottleneck
+    with ReLU and BatchNorm (no tanh), softmax over time; the weighted mean and the square root of the weighted
+    second moment minus the squared mean, floored at 1e-5."""
+
+    def __init__(self, in_dim: int, bottleneck: int = 128) -> None:
+        super().__init__()
+        self.attention = nn.Sequential(nn.Conv1d(in_dim, bottleneck, kernel_size=1), nn.ReLU(),
+                                       nn.BatchNorm1d(bottleneck), nn.Conv1d(bottleneck, in_dim, kernel_size=1))
+        self.out_dim = 2 * in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool the frames of x [B, C, (F,) T] -> [B, 2 C (F)]."""
+        x = x.flatten(1, -2)
+        weights = torch.softmax(self.attention(x), dim=-1)
+        mean = (x * weights).sum(dim=-1)
+        std = ((x * x * weights).sum(dim=-1) - mean * mean).clamp_min(ASP_VARIANCE_FLOOR).sqrt()
+        return torch.cat([mean, std], dim=1)
+
+
 class MultiHeadAttentiveStatsPooling(nn.Module):
     """MHASTP: the channels split into `heads` groups, each pooled with its own two-layer tanh attention
     (bottleneck 64); `channel_wise` gives one weight per channel and frame, otherwise one per frame."""
@@ -141,6 +162,7 @@ def statistics_pooling(name: str, in_dim: int, model_name: str) -> nn.Module:
         "ASTP": lambda: AttentiveStatsPooling(in_dim),
         "MHASTP": lambda: MultiHeadAttentiveStatsPooling(in_dim),
         "MQMHASTP": lambda: MultiQueryPooling(in_dim),
+        "ASP": lambda: AttentiveStatisticsPooling(in_dim),
     }
     if name not in factories:
         raise ValueError(f"{model_name}: undefined pooling '{name}'; choose one of {', '.join(POOLING_CHOICES)} "

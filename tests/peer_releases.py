@@ -37,6 +37,7 @@ WESPEAKER_CASES = (
     "wespeaker_resnet34_mqmhastp",
     "wespeaker_resnet221",
     "wespeaker_resnet293",
+    "wespeaker_simam_resnet34",
     "wespeaker_ecapa_tdnn_glob_c512",
     "wespeaker_ecapa_tdnn_glob_c1024",
     "wespeaker_ecapa_tdnn_c512",

@@ -146,6 +146,7 @@ EXPORT_SETTINGS = {
     "ResNetSE34L": {}, "ResNetSE34": {}, "ResNetSE34V2": {}, "Res2NetSE34": {}, "VGGVox": {}, "VGGVox40": {},
     "RawNet3": {"encoder_type": "ECA"}, "ECAPA_TDNN": {"channels": 16, "n_mels": 80}, "CAMPPlus": {"n_mels": 80},
     "ResNet34": {"n_mels": 80}, "ResNet152": {"n_mels": 80}, "ResNet221": {"n_mels": 80}, "ResNet293": {"n_mels": 80},
+    "SimAM_ResNet34": {"n_mels": 80, "m_channels": 8}, "SimAM_ResNet100": {"n_mels": 80, "m_channels": 8},
 }
 FAST = {("ResNetSE34L", "onnx")}  # the unit tier; the rest is integration
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from models.CAMPPlus import segment_means
 from models.FrontEnd import MeanNormalisedFbank
+from models.ResNetFamily import simam
 from models.StatsPooling import AttentiveStatsPooling, TemporalStatsPooling
 from runtime.device import cpu_has_fast_bfloat16
 from settings.plugins import available_plugins, load_plugin
@@ -31,6 +32,8 @@ MODELS = {
     "ResNet221": ("ResNet221", {}, 256, 16_000),
     "ResNet293": ("ResNet293", {}, 256, 16_000),
     "CAMPPlus": ("CAMPPlus", {}, 192, 32_000),
+    "SimAM_ResNet34": ("SimAM_ResNet34", {"m_channels": 16}, 256, 16_000),  # a quarter of the published width
+    "SimAM_ResNet100": ("SimAM_ResNet100", {"m_channels": 16}, 256, 16_000),
 }
 LARGE = {"ResNet221", "ResNet293"}  # a few seconds per forward/backward on 2 CPU cores: integration tier
 
@@ -73,6 +76,27 @@ def test_parameter_count_matches_published(key, n_out, expected, published):
     count = count_parameters(build(key, nOut=n_out))
     assert count == expected
     assert abs(count - published) < 0.01e6
+
+
+@pytest.mark.parametrize("key, expected, published", [
+    ("SimAM_ResNet34", 25_213_760, 25.2e6), ("SimAM_ResNet100", 50_232_896, 50.2e6),  # wespeaker's README, 0.1M
+])
+def test_simam_resnet_sizes_match_published(key, expected, published):
+    count = count_parameters(build(key, m_channels=64))
+    assert count == expected and abs(count - published) < 0.05e6
+
+
+def test_simam_gate_is_the_sigmoid_of_the_inverse_energy():
+    """SimAM by its formula, one channel at a time: x * sigmoid((x - mean)^2 / (4 (var + 1e-4)) + 0.5), with the
+    unbiased variance over the channel's map."""
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    expected = torch.empty_like(x)
+    for b in range(2):
+        for c in range(3):
+            channel = x[b, c]
+            energy = (channel - channel.mean()) ** 2 / (4 * (channel.var(unbiased=True) + 1e-4)) + 0.5
+            expected[b, c] = channel * torch.sigmoid(energy)
+    torch.testing.assert_close(simam(x), expected)
 
 
 def test_campplus_recipe_size():

@@ -130,7 +130,7 @@ ERRORS = {
         {"model": "ResNetSE34L", "model_args": {"pooling": "TSTP"}},
         "key 'model_args.pooling' is not a setting of the model ResNetSE34L; model_args takes nOut, n_mels, "
         "log_input, encoder_type ('pooling' is an option of models/ResNet152, models/ResNet221, models/ResNet293, "
-        "models/ResNet34)"),
+        "models/ResNet34, models/SimAM_ResNet100, models/SimAM_ResNet34)"),
     "a flag of another part": (
         {"trainfunc": "softmax", "loss_args": {"lr": 0.1}},
         "key 'loss_args.lr' is not a setting of the loss softmax; loss_args takes nClasses, margin, scale, "
