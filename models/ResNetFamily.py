@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.Fbanks import build_frontend
+from models.Fbanks import build_frontend, frontend_settings
 from models.FrontEnd import check_input_length, conv_length, min_frames_for
 from models.ResNetBlocks import make_layer
 from models.StatsPooling import statistics_pooling
@@ -25,6 +25,10 @@ RESNET_OPTIONS = {
     "two_emb_layer": (bool, False, "ResNet34/152/221/293: a second embedding layer (linear, ReLU, BatchNorm without "
                                    "affine, linear) as wespeaker's two_emb_layer; the embedding is its output"),
 }
+
+# The SimAM-ResNets' (twice as wide, ASP pooling by default).
+SIMAM_OPTIONS = {**RESNET_OPTIONS, "pooling": (str, "ASP", RESNET_OPTIONS["pooling"][2]),
+                 "m_channels": (int, 64, RESNET_OPTIONS["m_channels"][2])}
 
 
 class BasicBlock(nn.Module):
@@ -135,3 +139,14 @@ class FbankResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(self.fbank(x).unsqueeze(1))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.second_embedding(self.embedding(self.pool(x)))
+
+
+def simam_resnet(layers: list[int], model_name: str):
+    """The model plug-in's entry point of a SimAM-ResNet with `layers` basic blocks per stage."""
+    def build_model(nOut: int = 256, n_mels: int = 80, pooling: str = "ASP", two_emb_layer: bool = False,
+                  m_channels: int = 64, **kwargs) -> nn.Module:
+        return FbankResNet(SimAMBasicBlock, layers, nOut, n_mels, pooling, model_name, two_emb_layer, m_channels,
+                           **frontend_settings(kwargs))
+
+    build_model.__doc__ = f"Build {model_name}."
+    return build_model
