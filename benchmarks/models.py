@@ -32,6 +32,11 @@ CONFIGS = [
     ("VGGVox40 MAX", "VGGVox", {"encoder_type": "MAX"}),
     ("ResNetSE34 (Thin) SAP", "ResNetSE34", {"encoder_type": "SAP"}),
     ("RawNet3 ECA (raw waveform)", "RawNet3", {"encoder_type": "ECA"}),
+    ("fbank: ECAPA_TDNN c512, 80 mels", "ECAPA_TDNN", {"channels": 512, "n_mels": 80}),
+    ("fbank: ResNet34 TSTP, 80 mels", "ResNet34", {"n_mels": 80}),
+    ("fbank: CAMPPlus, 80 mels", "CAMPPlus", {"n_mels": 80}),
+    ("fbank: SimAM_ResNet34 ASP, 80 mels", "SimAM_ResNet34", {"n_mels": 80}),
+    ("fbank: SimAM_ResNet100 ASP, 80 mels", "SimAM_ResNet100", {"n_mels": 80}),
 ]
 
 
