@@ -75,7 +75,8 @@ def test_package_fills_the_architecture_for_training_not_the_loss(tmp_path):
     assert args.nOut == 256  # the command line wins
     assert (args.trainfunc, args.nClasses, args.margin, args.scale) == ("softmax", 6, 0.1, 30)
     assert (args.eval_frames, args.num_eval, args.scoring) == (300, 10, "original")
-    assert args.pooling == "TSTP"  # another model's option keeps its default
+    # not the package's ASTP: an option of other models (ResNets: TSTP, SimAM-ResNets: ASP) stays unset
+    assert args.pooling is None
     assert (args.momentum, args.warmup_epochs, args.subcenters) == (0.9, 6.0, 3)  # so do other plug-ins' options
     evaluation = arguments.parse_arguments(["--eval", "--initial_model", str(path)])
     assert (evaluation.trainfunc, evaluation.margin, evaluation.eval_frames, evaluation.channels) == (

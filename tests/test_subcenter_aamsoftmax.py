@@ -171,5 +171,5 @@ def test_options_are_declared_and_shared_with_the_ramp():
     assert options["subcenters"]["loss/subcenter_aamsoftmax"][:2] == (int, 3)
     assert options["topk_negatives"]["loss/subcenter_aamsoftmax"][:2] == (int, 0)
     assert options["topk_penalty"]["loss/subcenter_aamsoftmax"][:2] == (float, 0.06)
-    assert set(options["margin_start"]) == {"loss/aamsoftmax_ramp", "loss/subcenter_aamsoftmax"}
+    assert set(options["margin_start"]) == {"loss/aamsoftmax_ramp", "loss/subcenter_aamsoftmax", "loss/sphereface2"}
     assert len(set(options["margin_end"].values())) == 1
