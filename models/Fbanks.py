@@ -18,7 +18,7 @@ from models.FrontEnd import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH, MeanNorm
 
 # The options each front end takes besides --frontend, with the front end's own defaults.
 FRONTEND_OPTIONS = {
-    "logmel": {},
+    "logmel": {"preemphasis": 0.0, "mel_fmin": 0.0, "mel_fmax": 8000.0},
     "kaldi": {"frontend_window": "povey", "waveform_scale": 1.0, "preemphasis": 0.97, "dither": 0.0,
               "mean_norm": True},
     "speechbrain": {"frontend_window": "hamming", "waveform_scale": 1.0, "mean_norm": True},
@@ -181,6 +181,9 @@ def check_options(options: dict) -> None:
         raise ValueError(f"--preemphasis is a coefficient from 0 to 1, got {options['preemphasis']}")
     if options.get("dither", 0.0) < 0:
         raise ValueError(f"--dither must be 0 or above, got {options['dither']}")
+    if not 0 <= options.get("mel_fmin", 0.0) < options.get("mel_fmax", 8000.0) <= 8000.0:
+        raise ValueError(f"--mel_fmin and --mel_fmax must satisfy 0 <= mel_fmin < mel_fmax <= 8000 Hz, got "
+                         f"{options['mel_fmin']} and {options['mel_fmax']}")
 
 
 def build_frontend(n_mels: int, frontend: str | None = "logmel", stacked: bool = False, **given) -> nn.Module:
@@ -211,4 +214,4 @@ def build_frontend(n_mels: int, frontend: str | None = "logmel", stacked: bool =
         from models.SSLEncoder import SSLFrontEnd  # transformers is imported only for an ssl front end
 
         return SSLFrontEnd(**options, stacked=stacked)
-    return MeanNormalisedFbank(n_mels)
+    return MeanNormalisedFbank(n_mels, **options)

@@ -30,11 +30,11 @@ class PreEmphasis(nn.Module):
 
 
 def mel_filterbank(n_mels: int, window_fn: Callable[..., torch.Tensor] = torch.hamming_window,
-                   f_max: float | None = None) -> torchaudio.transforms.MelSpectrogram:
+                   f_max: float | None = None, f_min: float = 0.0) -> torchaudio.transforms.MelSpectrogram:
     """torchaudio MelSpectrogram with the original's settings (16 kHz, 512-point FFT, 25 ms window, 10 ms hop)."""
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH,
-        window_fn=window_fn, f_min=0.0, f_max=f_max, n_mels=n_mels,
+        window_fn=window_fn, f_min=f_min, f_max=f_max, n_mels=n_mels,
     )
 
 
@@ -88,13 +88,17 @@ class MeanNormalisedFbank(nn.Module):
 
     The fbank models' default front end (--frontend logmel): 25 ms Hamming window, 10 ms hop,
     512-point FFT, mel power with a 1e-6 floor before the log, mean normalisation only (no variance scaling).
-    Computed in float32 with autocast disabled and without gradient, batched with plain torch/torchaudio ops.
+    Optionally pre-emphasised first and with the mel bands between mel_fmin and mel_fmax (ReDimNet's MelBanks:
+    0.97, 20 to 7600 Hz). Computed in float32 with autocast disabled and without gradient, batched with plain
+    torch/torchaudio ops.
     """
 
-    def __init__(self, n_mels: int = 80) -> None:
+    def __init__(self, n_mels: int = 80, preemphasis: float = 0.0, mel_fmin: float = 0.0,
+                 mel_fmax: float = SAMPLE_RATE / 2) -> None:
         super().__init__()
         self.feature_dim = n_mels
-        self.mel = mel_filterbank(n_mels, window_fn=torch.hamming_window)
+        self.preemphasis = PreEmphasis(preemphasis) if preemphasis else nn.Identity()  # Identity: no state keys
+        self.mel = mel_filterbank(n_mels, window_fn=torch.hamming_window, f_max=mel_fmax, f_min=mel_fmin)
 
     def frames(self, samples: int) -> int:
         """Frames of the features of `samples` samples (centred frames; reflect padding needs n_fft // 2 + 1)."""
@@ -107,5 +111,5 @@ class MeanNormalisedFbank(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features of a [B, samples] waveform batch."""
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            feats = (self.mel(x.float()) + 1e-6).log()
+            feats = (self.mel(self.preemphasis(x.float())) + 1e-6).log()
             return feats - feats.mean(dim=-1, keepdim=True)

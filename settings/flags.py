@@ -80,6 +80,10 @@ FLAG_GROUPS = {
                              "per batch) or none; the loss is the mix of both labels' losses"),
         ("mix_alpha", float, 0.2, "--mix: the share of a crop's own utterance is drawn from Beta(alpha, alpha)"),
         ("mix_prob", float, 1.0, "--mix: the share of training batches that are mixed"),
+        ("mix_domain", str, "wave", "--mix: what is mixed, wave (the crops' waveforms) or feature (the log-mel "
+                                    "features of the model's filterbank front end as it normalises them; CutMix "
+                                    "takes a span of frames; needs a model on --frontend logmel, kaldi or "
+                                    "speechbrain)"),
         ("freeze_backbone_epochs", int, 0, "fine-tuning: in the first N epochs the embedding model is frozen (no "
                                            "gradients, BatchNorm statistics kept) and only the loss head trains"),
         ("save_last_epochs", int, 0, "also save a checkpoint (without evaluating) at each of the last N epochs, for "
@@ -161,7 +165,10 @@ FLAG_GROUPS = {
                                        "povey for kaldi, hamming for speechbrain"),
         ("waveform_scale", float, None, "kaldi, speechbrain: multiply the waveform (read in [-1, 1]) by this first; "
                                         "wespeaker's models use 32768 (default 1)"),
-        ("preemphasis", float, None, "kaldi: pre-emphasis coefficient from 0 to 1 (default 0.97)"),
+        ("preemphasis", float, None, "kaldi, logmel: pre-emphasis coefficient from 0 to 1 (default 0.97 for kaldi, "
+                                     "0 for logmel)"),
+        ("mel_fmin", float, None, "logmel: lowest edge of the mel bands in Hz (default 0; ReDimNet: 20)"),
+        ("mel_fmax", float, None, "logmel: highest edge of the mel bands in Hz (default 8000; ReDimNet: 7600)"),
         ("dither", float, None, "kaldi: in training only, Gaussian noise of this standard deviation (waveform-scale "
                                 "units) added to each frame, as Kaldi's --dither (default 0)"),
         ("mean_norm", bool, None, "kaldi, speechbrain, ssl: subtract each utterance's mean over time (default "

@@ -57,6 +57,8 @@ class ModelSettings:
     frontend_window: str | None  # None: each front end's own default
     waveform_scale: float | None
     preemphasis: float | None
+    mel_fmin: float | None
+    mel_fmax: float | None
     dither: float | None
     mean_norm: bool | None
     ssl_source: str | None  # the ssl front end's options; None: its defaults

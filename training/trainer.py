@@ -47,9 +47,12 @@ class ModelTrainer:
                  record: dict | None = None, context: distributed.Context = distributed.Context(),
                  steps_per_epoch: int = 1, settings: Settings | None = None, **kwargs):
         self.__model__ = speaker_model
-        self.mixing = Mixing(kwargs.get("mix", "none"), kwargs.get("mix_alpha", 0.2), kwargs.get("mix_prob", 1.0))
+        self.mixing = Mixing(kwargs.get("mix", "none"), kwargs.get("mix_alpha", 0.2), kwargs.get("mix_prob", 1.0),
+                             kwargs.get("mix_domain", "wave"))
         loss = speaker_model.module.__L__
         self.mixing.check_loss(type(loss).__module__.rsplit(".", 1)[-1], getattr(loss, "classifies_speakers", False))
+        self.mixed_front_end = self.mixing.feature_front_end(speaker_model.module.model_settings["model"],
+                                                             speaker_model.module.__S__)
         self.device = device
         self.context = context
         self.settings = settings
@@ -182,12 +185,9 @@ class ModelTrainer:
 
     def compute_loss(self, data: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, prec1) of one batch [speakers, per_speaker, samples] (called under autocast); with --mix, of the
-        batch mixed across its utterances against both labels."""
-        mixed = self.mixing.mix(data, label)
-        if mixed is None:
-            return self.__model__(data, label)
-        data, partners, share = mixed
-        return self.__model__(data, label, mix=(partners, share))
+        batch mixed across its utterances (waveforms or, with --mix_domain feature, features) against both labels."""
+        with self.mixing.mixed(data, label, self.mixed_front_end) as (data, mix):
+            return self.__model__(data, label, mix=mix)
 
     def log_epoch(self, scorefile, epoch: int, loss: float, prec1: float, result_save_path: str) -> None:
         """Rank 0, after each epoch: the original's scores.txt line, and where the epoch's time went."""
