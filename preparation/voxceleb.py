@@ -8,6 +8,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import soundfile
 from tqdm import tqdm
 
 from audio.file_lists import read_list_lines
@@ -99,21 +100,30 @@ def wav_destination(source: Path) -> Path:
     return Path(*parts)
 
 
-def convert_one(ffmpeg: str, source: Path) -> str | None:
-    """Convert one m4a to 16 kHz mono 16-bit wav via a temporary name; returns an error line or None."""
-    target = wav_destination(source)
+def to_wav(ffmpeg: str, source: Path, target: Path, span: tuple[float, float] | None = None) -> str | None:
+    """Write source (or its span of (start, end) seconds) as 16 kHz mono 16-bit wav via a temporary name; returns
+    an error line or None."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(target)
-    command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-ac", "1", "-vn",
+    seek = ["-ss", f"{span[0]:.3f}", "-t", f"{span[1] - span[0]:.3f}"] if span else []
+    command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", *seek, "-i", str(source), "-ac", "1", "-vn",
                "-acodec", "pcm_s16le", "-ar", "16000", "-f", "wav", str(partial)]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             return f"{source}: {(result.stderr.strip().splitlines() or [f'ffmpeg exit code {result.returncode}'])[-1]}"
+        if soundfile.info(partial).frames == 0:
+            where = f" from {span[0]:.2f} s (past its end?)" if span else ""
+            return f"{source}: ffmpeg wrote no audio{where}"
         publish(partial, target)
         return None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def convert_one(ffmpeg: str, source: Path) -> str | None:
+    """Convert one m4a to 16 kHz mono 16-bit wav beside its 'aac' tree; returns an error line or None."""
+    return to_wav(ffmpeg, source, wav_destination(source))
 
 
 def convert(args: argparse.Namespace) -> None:
