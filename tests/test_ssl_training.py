@@ -1,4 +1,4 @@
-"""The whole run with an ssl front end on a tiny random encoder: exact resume after SIGKILL in each stage, DDP,
+"""The whole run with an ssl front end on a tiny random encoder: exact resume after SIGKILL in the LoRA stage, DDP,
 large-margin fine-tuning from an earlier stage, --eval with AS-norm and calibration, a package and its export."""
 import json
 
@@ -36,7 +36,9 @@ def killable_run(corpus, save_path, stage: str, encoder: str) -> list[str]:
     return resilient_run(corpus, save_path, *ssl_flags(encoder, stage), "--max_epoch", "2", "--test_interval", "2")
 
 
-@pytest.mark.parametrize("stage", STAGES)
+# LoRA holds what the other stages hold (a frozen encoder part, trained adapters, layer weights, back end); one
+# killed run per stage cost CI about 45 s each
+@pytest.mark.parametrize("stage", ["lora"])
 def test_sigkill_inside_an_epoch_then_resume_gives_identical_losses(tiny_corpus, tmp_path, encoder, stage):
     reference = tmp_path / "reference"
     run_cli(killable_run(tiny_corpus, reference, stage, encoder))
