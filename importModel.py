@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from", dest="toolkit", required=True, choices=sorted(READERS),
                         help="the toolkit that published the release")
     parser.add_argument("--checkpoint", required=True,
-                        help="wespeaker: the folder with avg_model.pt and config.yaml; 3dspeaker: the CAM++ "
-                             "state-dict file (e.g. campplus_voxceleb.bin); speechbrain: the folder with "
-                             "embedding_model.ckpt and hyperparams.yaml")
+                        help="wespeaker: the folder with avg_model.pt and config.yaml; 3dspeaker: the CAM++ or "
+                             "ERes2NetV2 state-dict file (e.g. campplus_voxceleb.bin, pretrained_eres2netv2.ckpt); "
+                             "speechbrain: the folder with embedding_model.ckpt and hyperparams.yaml")
     parser.add_argument("--output", required=True, help="the package to write (its folder must exist)")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one "
                         "line (also SPEAKERNET_DEBUG=1)")

@@ -37,6 +37,10 @@ CONFIGS = [
     ("fbank: CAMPPlus, 80 mels", "CAMPPlus", {"n_mels": 80}),
     ("fbank: SimAM_ResNet34 ASP, 80 mels", "SimAM_ResNet34", {"n_mels": 80}),
     ("fbank: SimAM_ResNet100 ASP, 80 mels", "SimAM_ResNet100", {"n_mels": 80}),
+    ("fbank: ERes2NetV2, 80 mels", "ERes2NetV2", {"n_mels": 80}),
+    *[(f"fbank: ReDimNet-B{size}, {60 if size == 0 else 72} mels", f"ReDimNetB{size}",
+       {"n_mels": 60 if size == 0 else 72}) for size in range(7)],
+    *[(f"fbank: ReDimNet2-B{size}, 72 mels", f"ReDimNet2B{size}", {"n_mels": 72}) for size in range(7)],
 ]
 
 
@@ -91,14 +95,17 @@ def main() -> None:
     print(f"batch {args.batch_size} x {args.seconds:g} s crops, {torch.get_num_threads()} threads, "
           f"median of {args.repeats}")
     print("| model | parameters | forward wall (s) | forward CPU (s) | forward+backward wall (s) "
-          "| forward+backward CPU (s) |\n|---|---:|---:|---:|---:|---:|")
+          "| forward+backward CPU (s) | embedded crops/s | training crops/s |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, module, kwargs in CONFIGS:
         if args.only not in label:
             continue
         row = {"model": label, "module": module, "kwargs": kwargs, **measure(module, kwargs, batch, args.repeats)}
         results.append(row)
         print(f"| {label} | {row['params']:,} | {row['forward_s']:.3f} | {row['forward_cpu_s']:.3f} "
-              f"| {row['forward_backward_s']:.3f} | {row['forward_backward_cpu_s']:.3f} |", flush=True)
+              f"| {row['forward_backward_s']:.3f} | {row['forward_backward_cpu_s']:.3f} "
+              f"| {args.batch_size / row['forward_s']:.1f} | {args.batch_size / row['forward_backward_s']:.1f} |",
+              flush=True)
 
     report = {"batch_size": args.batch_size, "seconds": args.seconds, "repeats": args.repeats,
               "threads": torch.get_num_threads(), "torch": torch.__version__,

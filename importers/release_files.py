@@ -44,13 +44,12 @@ def unsafe_global(error: Exception) -> str | None:
     return match.group(1) if match else None
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The tensors of a released weights file, loaded weights-only (never executing pickled code), unwrapped from
-    {"state_dict": ...}-style dicts and stripped of DistributedDataParallel's "module." prefixes."""
+def read_checkpoint(path: str):
+    """The object a released weights file holds, loaded weights-only (never executing pickled code)."""
     if not os.path.isfile(path):
         raise ReleaseError(f"Weights file not found: {path}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         culprit = unsafe_global(error)
         raise ReleaseError(f"{path} needs pickled code{f' ({culprit})' if culprit else ''} to load; it is refused "
@@ -59,6 +58,13 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise ReleaseError(f"Cannot read {path}: {type(error).__name__}: {str(error).splitlines()[0]}. Is the "
                            "download complete?") from None
+
+
+def read_state_dict(path: str, content=None) -> dict[str, torch.Tensor]:
+    """The tensors of a released weights file (or of its already loaded `content`), unwrapped from
+    {"state_dict": ...}-style dicts and stripped of DistributedDataParallel's "module." prefixes."""
+    if content is None:
+        content = read_checkpoint(path)
     while isinstance(content, dict):
         wrapped = [key for key in WRAPPER_KEYS if isinstance(content.get(key), dict)]
         if not wrapped or any(isinstance(value, torch.Tensor) for value in content.values()):

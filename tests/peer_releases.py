@@ -43,9 +43,12 @@ WESPEAKER_CASES = (
     "wespeaker_ecapa_tdnn_c512",
     "wespeaker_campplus",
 )
-THREED_SPEAKER_CASES = ("3dspeaker_campplus_voxceleb", "3dspeaker_campplus_cn_common")
+THREED_SPEAKER_CASES = ("3dspeaker_campplus_voxceleb", "3dspeaker_campplus_cn_common",
+                        "3dspeaker_eres2netv2_cn_common")
 SPEECHBRAIN_CASES = ("speechbrain_ecapa_voxceleb",)
-CASES = WESPEAKER_CASES + THREED_SPEAKER_CASES + SPEECHBRAIN_CASES
+REDIMNET_CASES = ("redimnet_b0", "redimnet_b1", "redimnet_b5")
+REDIMNET2_CASES = ("redimnet2_b0", "redimnet2_b6", "redimnet2_b6_vb2")
+CASES = WESPEAKER_CASES + THREED_SPEAKER_CASES + SPEECHBRAIN_CASES + REDIMNET_CASES + REDIMNET2_CASES
 
 # Value ranges by kind: uniform in [low, high); "weight" is He-uniform (variance 2 / fan_in) and "count" an integer.
 RANGES = {
@@ -134,7 +137,11 @@ def release_payload(case: dict, filename: str) -> dict:
     """The object that `torch.save` writes to one weight file of the release."""
     spec = case["release"]["weights"][filename]
     payload: dict = dict(spec.get("values_before", {}))
-    payload.update(seeded_state_dict(case["case"], spec["tensors"]))
+    tensors = seeded_state_dict(case["case"], spec["tensors"])
+    if spec.get("wrapped_in"):  # {"model_config": ..., "state_dict": {tensors}}
+        payload[spec["wrapped_in"]] = tensors
+    else:
+        payload.update(tensors)
     payload.update(spec.get("values_after", {}))
     return payload
 

@@ -147,6 +147,9 @@ EXPORT_SETTINGS = {
     "RawNet3": {"encoder_type": "ECA"}, "ECAPA_TDNN": {"channels": 16, "n_mels": 80}, "CAMPPlus": {"n_mels": 80},
     "ResNet34": {"n_mels": 80}, "ResNet152": {"n_mels": 80}, "ResNet221": {"n_mels": 80}, "ResNet293": {"n_mels": 80},
     "SimAM_ResNet34": {"n_mels": 80, "m_channels": 8}, "SimAM_ResNet100": {"n_mels": 80, "m_channels": 8},
+    "ERes2NetV2": {"n_mels": 80, "m_channels": 8},
+    **{f"ReDimNetB{size}": {"n_mels": 60 if size == 0 else 72} for size in range(7)},
+    **{f"ReDimNet2B{size}": {"n_mels": 72} for size in range(7)},
 }
 FAST = {("ResNetSE34L", "onnx")}  # the unit tier; the rest is integration
 

@@ -146,9 +146,9 @@ ERRORS = {
     "not a front-end flag": (
         {"frontend_args": {"n_mels": 80}},
         "key 'frontend_args.n_mels' is not a setting of the front end; frontend_args takes frontend, "
-        "frontend_window, waveform_scale, preemphasis, dither, mean_norm, ssl_source, ssl_init, ssl_layers, "
-        "ssl_frozen, lora_rank, lora_alpha, lora_targets, gradient_checkpointing, waveform_norm ('n_mels' belongs in "
-        "model_args)"),
+        "frontend_window, waveform_scale, preemphasis, mel_fmin, mel_fmax, dither, mean_norm, ssl_source, ssl_init, "
+        "ssl_layers, ssl_frozen, lora_rank, lora_alpha, lora_targets, gradient_checkpointing, waveform_norm ('n_mels' "
+        "belongs in model_args)"),
     "a section that is a list": (
         {"loss_args": ["margin", 0.2]}, "section 'loss_args' must hold 'key: value' lines, found ['margin', 0.2]"),
     "a section that is a value": (
@@ -199,10 +199,12 @@ def encoder_folder(tmp_path_factory) -> str:
 
 
 def plugin_flags(folder: str, name: str, encoder: str) -> dict:
-    """The default flags of a run that selects plug-in `folder/name` (RawNet3 with its own pooling, the ssl back
-    ends on `encoder`)."""
+    """The default flags of a run that selects plug-in `folder/name` (RawNet3 with its own pooling, ReDimNets with
+    72 mel bins, the ssl back ends on `encoder`)."""
     selector = {"models": "--model", "loss": "--trainfunc", "optimizer": "--optimizer", "scheduler": "--scheduler"}
     extra = ["--encoder_type", "ECA"] if name == "RawNet3" else []
+    if name.startswith("ReDimNet"):  # the global default of 40 mel bins does not fold into their stages
+        extra = ["--n_mels", "72"]
     if folder == "models" and name in ssl_back_ends():
         extra = ["--frontend", "ssl", "--ssl_source", encoder]
     return {**vars(arguments.parse_arguments([selector[folder], name, *extra])), "steps_per_epoch": 3}

@@ -105,7 +105,8 @@ def test_audio_files():
 @pytest.mark.parametrize("name", CASES)
 def test_fixture(name):
     case = load_case(name)
-    assert case["case"] == name and case["toolkit"] in ("wespeaker", "3d-speaker", "speechbrain")
+    assert case["case"] == name and case["toolkit"] in ("wespeaker", "3d-speaker", "speechbrain", "redimnet",
+                                                                "redimnet2")
     release = case["release"]
     for spec in release["weights"].values():
         keys = [entry[0] for entry in spec["tensors"]]
@@ -133,6 +134,8 @@ def test_fixture(name):
         assert {entry[2] for entry in tensors.values() if entry[3] == "count"} == {"float32"}
     elif case["toolkit"] == "3d-speaker":
         assert case["model"]["args"]["embedding_size"] == dims.pop()
+    elif case["toolkit"] in ("redimnet", "redimnet2"):
+        assert case["model"]["args"]["embed_dim"] == dims.pop()
     else:
         hyperparams = yaml.load(release["texts"]["hyperparams.yaml"], Loader=_TaggedLoader)
         assert hyperparams["embedding_model"]["lin_neurons"] == dims.pop()
