@@ -53,24 +53,35 @@ def check_fixed(config: dict, fixed: dict, where: str, network: str = "ReDimNet"
             raise ReleaseError(f"{where}: {key} is {config[key]!r}; this framework's {network} has {required!r}")
 
 
-def read(path: str) -> ImportedRelease:
-    """Read an authors' ReDimNet release (model_config and state_dict in one file)."""
+def read_hub_release(path: str, network: str, fixed: dict) -> tuple[dict, dict, str]:
+    """(file content, model_config, where) of an authors' torch.hub release of `network`, its constructor
+    arguments and MelBanks settings checked against `fixed` and SPEC_FIXED."""
     content = read_checkpoint(path)
     if not isinstance(content, dict) or not isinstance(content.get("model_config"), dict):
-        raise ReleaseError(f"{path} is not a ReDimNet release: it has no model_config (the authors' files hold "
+        raise ReleaseError(f"{path} is not a {network} release: it has no model_config (the authors' files hold "
                            "model_config and state_dict)")
     config, where = content["model_config"], f"{path} model_config"
-    check_fixed(config, FIXED, where)
+    check_fixed(config, fixed, where, network)
     spec = setting(config, "spec_params", where, dict, {}, required=False)
-    check_fixed(spec, SPEC_FIXED, where + ".spec_params")
+    check_fixed(spec, SPEC_FIXED, where + ".spec_params", network)
     unknown = sorted(set(spec) - set(SPEC_FIXED) - set(SPEC_IGNORED))
     if unknown:
         raise ReleaseError(f"{where}.spec_params: {', '.join(unknown)} not followed by this framework's front end")
+    return content, config, where
+
+
+def hub_weights(path: str, content: dict) -> dict:
+    """The tensors of a torch.hub release's state_dict."""
+    return read_state_dict(path, content["state_dict"] if isinstance(content.get("state_dict"), dict) else None)
+
+
+def read(path: str) -> ImportedRelease:
+    """Read an authors' ReDimNet release (model_config and state_dict in one file)."""
+    content, config, where = read_hub_release(path, "ReDimNet", FIXED)
     size = matching_size(config, where)
     settings = {"model": f"ReDimNet{size}", "n_mels": setting(config, "F", where, int),
                 "nOut": setting(config, "embed_dim", where, int, 192, required=False),
                 "global_context": setting(config, "global_context_att", where, bool, False, required=False),
                 "emb_bn": setting(config, "emb_bn", where, bool, False, required=False), **FRONT_END}
-    weights = read_state_dict(path, content["state_dict"] if isinstance(content.get("state_dict"), dict) else None)
-    return ImportedRelease("redimnet", f"ReDimNet-{size} ({settings['nOut']}-d)", settings, weights, RULES,
-                           IGNORED + ("cls_head.",), [path])
+    return ImportedRelease("redimnet", f"ReDimNet-{size} ({settings['nOut']}-d)", settings, hub_weights(path, content),
+                           RULES, IGNORED + ("cls_head.",), [path])

@@ -3,8 +3,8 @@
 channel count, head and stage table decide which of our sizes it is; the front end is ReDimNet's MelBanks."""
 from __future__ import annotations
 
-from importers.redimnet import FRONT_END, IGNORED, RULES, SPEC_FIXED, SPEC_IGNORED, check_fixed
-from importers.release_files import ImportedRelease, ReleaseError, read_checkpoint, read_state_dict, setting
+from importers.redimnet import FRONT_END, IGNORED, RULES, hub_weights, read_hub_release
+from importers.release_files import ImportedRelease, ReleaseError, setting
 from models.ReDimNet2Family import SIZES
 
 NETWORK = "ReDimNet2"
@@ -40,17 +40,7 @@ def matching_size(config: dict, where: str) -> str:
 
 def read(path: str) -> ImportedRelease:
     """Read an authors' ReDimNet2 release (model_config and state_dict in one file)."""
-    content = read_checkpoint(path)
-    if not isinstance(content, dict) or not isinstance(content.get("model_config"), dict):
-        raise ReleaseError(f"{path} is not a ReDimNet2 release: it has no model_config (the authors' files hold "
-                           "model_config and state_dict)")
-    config, where = content["model_config"], f"{path} model_config"
-    check_fixed(config, FIXED, where, NETWORK)
-    spec = setting(config, "spec_params", where, dict, {}, required=False)
-    check_fixed(spec, SPEC_FIXED, where + ".spec_params", NETWORK)
-    unknown = sorted(set(spec) - set(SPEC_FIXED) - set(SPEC_IGNORED))
-    if unknown:
-        raise ReleaseError(f"{where}.spec_params: {', '.join(unknown)} not followed by this framework's front end")
+    content, config, where = read_hub_release(path, NETWORK, FIXED)
     size = matching_size(config, where)
     settings = {"model": f"ReDimNet2{size}", "n_mels": setting(config, "F", where, int),
                 "nOut": setting(config, "embed_dim", where, int, 192, required=False),
@@ -58,6 +48,5 @@ def read(path: str) -> ImportedRelease:
                 "emb_bn": setting(config, "emb_bn", where, bool, False, required=False),
                 "dual_agg": setting(config, "dual_agg", where, bool, False, required=False),
                 "agg_gnorm": setting(config, "agg_gnorm", where, bool, False, required=False), **FRONT_END}
-    weights = read_state_dict(path, content["state_dict"] if isinstance(content.get("state_dict"), dict) else None)
-    return ImportedRelease("redimnet2", f"ReDimNet2-{size} ({settings['nOut']}-d)", settings, weights, RULES,
-                           IGNORED, [path])
+    return ImportedRelease("redimnet2", f"ReDimNet2-{size} ({settings['nOut']}-d)", settings,
+                           hub_weights(path, content), RULES, IGNORED, [path])

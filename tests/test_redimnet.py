@@ -40,9 +40,10 @@ def test_global_context_and_embedding_norm_change_the_head_only():
     assert isinstance(full.bn2, torch.nn.BatchNorm1d) and full.bn2.num_features == 192
 
 
-@pytest.mark.parametrize("size", ["B0", "B1"])
-def test_forward_shapes_and_determinism(size):
-    model = build(size, nOut=64).eval()
+@pytest.mark.parametrize("name", ["ReDimNetB0", "ReDimNetB1", "ReDimNet2B0", "ReDimNet2B6"])
+def test_forward_shapes_and_determinism(name):
+    torch.manual_seed(0)
+    model = import_module(f"models.{name}").MainModel(nOut=64).eval()
     batch = torch.randn(3, 12_345, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         first, second = model(batch), model(batch)
@@ -65,10 +66,15 @@ def test_too_short_input_names_the_minimum():
         build("B0")(torch.randn(1, 100))
 
 
-def test_training_step_reaches_every_parameter():
+@pytest.mark.parametrize("name, n_mels, options, fixed_weight", [
+    ("ReDimNetB0", 60, {}, "backbone.stage0.0.w"),
+    ("ReDimNet2B0", 72, {}, "backbone.stage0.0.w"),
+    ("ReDimNet2B0", 72, {"dual_agg": True, "agg_gnorm": True}, "backbone.stage0_pre.0.w"),
+])
+def test_training_step_reaches_every_parameter(name, n_mels, options, fixed_weight):
     torch.manual_seed(0)
-    net = SpeakerNet(model="ReDimNetB0", trainfunc="aamsoftmax", nPerSpeaker=1, nOut=32, nClasses=5, n_mels=60,
-                     margin=0.2, scale=30, encoder_type="SAP", log_input=False)
+    net = SpeakerNet(model=name, trainfunc="aamsoftmax", nPerSpeaker=1, nOut=32, nClasses=5, n_mels=n_mels,
+                     margin=0.2, scale=30, encoder_type="SAP", log_input=False, **options)
     loss, prec1 = net(torch.randn(2, 1, 8000), torch.tensor([0, 3]))
     loss.backward()
     assert torch.isfinite(loss) and 0 <= float(prec1) <= 100
@@ -76,7 +82,7 @@ def test_training_step_reaches_every_parameter():
                                                                                         or p.grad.abs().max() == 0)]
     assert not silent
     frozen = [name for name, p in net.__S__.named_parameters() if not p.requires_grad]
-    assert frozen == ["backbone.stage0.0.w"]  # the first stage has one input: its weight is fixed
+    assert frozen == [fixed_weight]  # the first stage has one input: its weight is fixed
 
 
 def test_logmel_with_melbanks_options_is_the_authors_front_end():
@@ -108,7 +114,8 @@ def test_bad_mel_band_names_the_flags(options, message):
 
 # ---------------------------------------------------------------- importer refusals
 
-def release(tmp_path, config: dict | None, state: dict | None = None):
+def release(tmp_path, config: dict | None, state: dict | None = None) -> str:
+    """An authors' torch.hub release file with this model_config (none: a plain state dict)."""
     path = tmp_path / "b0-vox2-ptn.pt"
     content = {"state_dict": state or {"linear.weight": torch.zeros(2, 2)}}
     if config is not None:
@@ -142,8 +149,9 @@ def test_release_refusals_name_the_key(tmp_path, change, message):
         read(release(tmp_path, {**B0_CONFIG, **change}))
 
 
-def test_a_plain_state_dict_is_not_a_redimnet_release(tmp_path, capsys):
-    assert importModel.main(["--from", "redimnet", "--checkpoint", release(tmp_path, None),
+@pytest.mark.parametrize("toolkit, network", [("redimnet", "ReDimNet"), ("redimnet2", "ReDimNet2")])
+def test_a_plain_state_dict_is_not_a_hub_release(tmp_path, capsys, toolkit, network):
+    assert importModel.main(["--from", toolkit, "--checkpoint", release(tmp_path, None),
                              "--output", str(tmp_path / "out.pkg")]) != 0
-    assert "is not a ReDimNet release: it has no model_config" in capsys.readouterr().err
+    assert f"is not a {network} release: it has no model_config" in capsys.readouterr().err
     assert not (tmp_path / "out.pkg").exists()

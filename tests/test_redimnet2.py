@@ -4,9 +4,9 @@ from importlib import import_module
 
 import pytest
 import torch
+from test_redimnet import release
 
 import arguments
-import importModel
 from importers.redimnet2 import read
 from importers.release_files import ReleaseError
 from models.FrontEnd import MeanNormalisedFbank
@@ -49,16 +49,9 @@ def test_dual_aggregation_and_group_norm_follow_the_authors_layout():
 
 
 @pytest.mark.parametrize("size, pooled", [("B0", 64), ("B6", 224 * 9)])
-def test_forward_shapes_and_determinism(size, pooled):
-    model = build(size, nOut=64).eval()
-    assert model.pool.out_dim == 2 * pooled
-    batch = torch.randn(3, 12_345, generator=torch.Generator().manual_seed(1))  # 78 frames: cut to 76 (stride 4)
-    with torch.no_grad():
-        first, second = model(batch), model(batch)
-        single = model(batch[1:2])
-    assert first.shape == (3, 64) and torch.isfinite(first).all()
-    torch.testing.assert_close(first, second)
-    torch.testing.assert_close(single[0], first[1], rtol=1e-4, atol=1e-5)  # no batch-dependence in eval
+def test_pooled_width_is_the_head_width(size, pooled):
+    """Shapes and determinism of the forward: tests/test_redimnet.py."""
+    assert build(size, nOut=64).pool.out_dim == 2 * pooled
 
 
 def test_frames_beyond_the_time_stride_are_dropped():
@@ -81,31 +74,7 @@ def test_too_short_input_names_the_minimum():
         build("B0")(torch.randn(1, 100))
 
 
-@pytest.mark.parametrize("dual", [False, True])
-def test_training_step_reaches_every_parameter(dual):
-    torch.manual_seed(0)
-    net = SpeakerNet(model="ReDimNet2B0", trainfunc="aamsoftmax", nPerSpeaker=1, nOut=32, nClasses=5, n_mels=72,
-                     margin=0.2, scale=30, encoder_type="SAP", log_input=False, dual_agg=dual, agg_gnorm=dual)
-    loss, prec1 = net(torch.randn(2, 1, 8000), torch.tensor([0, 3]))
-    loss.backward()
-    assert torch.isfinite(loss) and 0 <= float(prec1) <= 100
-    silent = [name for name, p in net.__S__.named_parameters() if p.requires_grad and (p.grad is None
-                                                                                        or p.grad.abs().max() == 0)]
-    assert not silent
-    frozen = [name for name, p in net.__S__.named_parameters() if not p.requires_grad]
-    assert frozen == [f"backbone.stage0{'_pre' if dual else ''}.0.w"]  # the first stage has one input
-
-
 # ---------------------------------------------------------------- importer refusals
-
-def release(tmp_path, config: dict | None, state: dict | None = None):
-    path = tmp_path / "b0-vox2-lm.pt"
-    content = {"state_dict": state or {"linear.weight": torch.zeros(2, 2)}}
-    if config is not None:
-        content["model_config"] = config
-    torch.save(content, path)
-    return str(path)
-
 
 B0_CONFIG = {"F": 72, "C": 12, "causal": "none", "out_channels": 64, "return_2d_output": False,
              "block_1d_type": "conv+att", "block_2d_type": "basic_resnet", "group_divisor": 1,
@@ -134,13 +103,6 @@ def test_release_settings_follow_its_config(tmp_path):
 def test_release_refusals_name_the_key(tmp_path, change, message):
     with pytest.raises(ReleaseError, match=message):
         read(release(tmp_path, {**B0_CONFIG, **change}))
-
-
-def test_a_plain_state_dict_is_not_a_redimnet2_release(tmp_path, capsys):
-    assert importModel.main(["--from", "redimnet2", "--checkpoint", release(tmp_path, None),
-                             "--output", str(tmp_path / "out.pkg")]) != 0
-    assert "is not a ReDimNet2 release: it has no model_config" in capsys.readouterr().err
-    assert not (tmp_path / "out.pkg").exists()
 
 
 # ---------------------------------------------------------------- recipes
