@@ -1,9 +1,11 @@
 """wespeaker releases: a folder with avg_model.pt (the averaged state dict) and the run's config.yaml, whose
-`model`, `model_args` and `dataset_args.fbank_args` decide our network and front end."""
+`model`, `model_args` and `dataset_args` (fbank_args, or tfmel_args for ReDimNet2) decide our network and front
+end."""
 from __future__ import annotations
 
 import os
 
+from importers.redimnet import RULES as REDIMNET_RULES
 from importers.release_files import ImportedRelease, ReleaseError, read_state_dict, read_yaml, require_file, setting
 from importers.transfer import Rule
 from models.StatsPooling import POOLING_CHOICES
@@ -14,18 +16,26 @@ ECAPAS = {f"ECAPA_TDNN{'_GLOB' if glob else ''}_c{channels}": ("ECAPA_TDNN", {"c
                                                                              "global_context": glob})
           for glob in (True, False) for channels in (512, 1024)}
 SIMAM_RESNETS = {f"SimAM_ResNet{depth}_ASP": (f"SimAM_ResNet{depth}", {}) for depth in (34, 100)}
-MODELS = {**RESNETS, **ECAPAS, "CAMPPlus": ("CAMPPlus", {}), **SIMAM_RESNETS}
+REDIMNET2S = {f"ReDimNet2B{size}": (f"ReDimNet2B{size}", {}) for size in range(7)}
+MODELS = {**RESNETS, **ECAPAS, "CAMPPlus": ("CAMPPlus", {}), **SIMAM_RESNETS, **REDIMNET2S}
 # model_args each network takes, with the values our network requires where it has no option for them
 MODEL_ARGS = {"ResNet": {"feat_dim", "embed_dim", "pooling_func", "two_emb_layer"},
               "ECAPA_TDNN": {"feat_dim", "embed_dim", "pooling_func", "emb_bn"},
               "CAMPPlus": {"feat_dim", "embed_dim", "pooling_func", "growth_rate", "bn_size", "init_channels",
                            "config_str"},
-              "SimAM": {"in_planes", "embed_dim", "acoustic_dim", "dropout"}}
-FIXED_ARGS = {"ECAPA_TDNN": {"pooling_func": "ASTP", "emb_bn": False},
+              "SimAM": {"in_planes", "embed_dim", "acoustic_dim", "dropout"},
+              "ReDimNet2": {"feat_dim", "embed_dim", "pooling_func"}}
+FIXED_ARGS = {"ECAPA_TDNN": {"pooling_func": "ASTP", "emb_bn": False}, "ReDimNet2": {"pooling_func": "ASTP"},
               "CAMPPlus": {"pooling_func": "TSTP", "growth_rate": 32, "bn_size": 4, "init_channels": 128,
                            "config_str": "batchnorm-relu"}}
 WAVEFORM_SCALE = 32768.0  # wespeaker multiplies the waveform by 1 << 15 before its Kaldi filterbank
 CLASSIFIER = "projection."
+FRONT_END = "frontend."  # train.py's front-end module (tfmel): constant buffers, which our front end rebuilds
+# tfmel_args our tfmel front end has fixed, with their value; spec-augment settings are for training only
+TFMEL_FIXED = {"n_fft": 512, "win_length": 400, "hop_length": 160, "eps": 1e-8}
+TFMEL_TRAINING = ("do_spec_aug", "freq_mask_width", "time_mask_width")
+TFMEL_FOLLOWED = ("n_mels", "f_min", "f_max", "do_preemph", "norm_signal")
+TFMEL_PREEMPHASIS = 0.97  # wespeaker's PreEmphasis coefficient when do_preemph
 
 RESNET_RULES: list[Rule] = [
     (r"\.shortcut\.", ".downsample."),
@@ -55,12 +65,16 @@ CAMPPLUS_RULES: list[Rule] = [  # wespeaker's CAM++ keeps 3D-Speaker's names
     (r"^xvector\.dense\.linear\.", "embedding."), (r"^xvector\.dense\.nonlinear\.batchnorm\.", "embedding_bn."),
 ]
 SIMAM_RULES: list[Rule] = [(r"^front\.", ""), (r"^pooling\.", "pool."), (r"^bottleneck\.", "embedding.")]
-RULES = {"ResNet": RESNET_RULES, "ECAPA_TDNN": ECAPA_RULES, "CAMPPlus": CAMPPLUS_RULES, "SimAM": SIMAM_RULES}
+RULES = {"ResNet": RESNET_RULES, "ECAPA_TDNN": ECAPA_RULES, "CAMPPlus": CAMPPLUS_RULES, "SimAM": SIMAM_RULES,
+         "ReDimNet2": REDIMNET_RULES}  # wespeaker's ReDimNet2 keeps the authors' names
 
 
 def family(model: str) -> str:
-    """ResNet, ECAPA_TDNN, CAMPPlus or SimAM."""
-    return "ResNet" if model.startswith("ResNet") else "SimAM" if model.startswith("SimAM") else model
+    """ResNet, ECAPA_TDNN, CAMPPlus, SimAM or ReDimNet2."""
+    for prefix in ("ResNet", "SimAM", "ReDimNet2"):
+        if model.startswith(prefix):
+            return prefix
+    return model
 
 
 def check_model_args(args: dict, kind: str, where: str) -> None:
@@ -106,13 +120,40 @@ def model_settings(config: dict, weights: dict, where: str) -> tuple[dict, str]:
     return settings, f"{name} ({settings.get('pooling', args.get('pooling_func', ''))}, {settings['nOut']}-d)"
 
 
+def tfmel_settings(dataset: dict, n_mels: int, where: str) -> dict:
+    """Our tfmel front end as wespeaker's TFMelFrontend computes it from tfmel_args, on int16-scale audio."""
+    rate = setting(dataset, "resample_rate", where, int, 16000, required=False)
+    if rate != 16000:
+        raise ReleaseError(f"{where}: resample_rate must be 16000 here, got {rate}")
+    args = setting(dataset, "tfmel_args", where, dict, {}, required=False)
+    where = where + ".tfmel_args"
+    for key, value in args.items():
+        if key in TFMEL_FIXED and value != TFMEL_FIXED[key]:
+            raise ReleaseError(f"{where}: {key} must be {TFMEL_FIXED[key]} here, got {value!r}")
+        if key not in (*TFMEL_FIXED, *TFMEL_TRAINING, *TFMEL_FOLLOWED):
+            raise ReleaseError(f"{where}: '{key}' is not followed by this framework's tfmel front end (it takes "
+                               f"{', '.join((*TFMEL_FOLLOWED, *TFMEL_FIXED, *TFMEL_TRAINING))})")
+    mels = setting(args, "n_mels", where, int, 80, required=False)
+    if mels != n_mels:
+        raise ReleaseError(f"{where}: n_mels {mels} differs from model_args feat_dim {n_mels}")
+    preemphasis = setting(args, "do_preemph", where, bool, True, required=False)
+    return {"frontend": "tfmel", "waveform_scale": WAVEFORM_SCALE,
+            "waveform_norm": setting(args, "norm_signal", where, bool, False, required=False),
+            "preemphasis": TFMEL_PREEMPHASIS if preemphasis else 0.0,
+            "mel_fmin": float(setting(args, "f_min", where, float, 20.0, required=False)),
+            "mel_fmax": float(setting(args, "f_max", where, float, 7600.0, required=False))}
+
+
 def front_end_settings(config: dict, n_mels: int, where: str) -> dict:
-    """Our Kaldi front end as wespeaker computes it: fbank_args on int16-scale audio, Hamming window, CMN."""
+    """Our Kaldi front end as wespeaker computes it: fbank_args on int16-scale audio, Hamming window, CMN; or our
+    tfmel front end for dataset_args frontend tfmel."""
     dataset = setting(config, "dataset_args", where, dict, {}, required=False)
     front_end = dataset.get("frontend", "fbank")
+    if front_end == "tfmel":
+        return tfmel_settings(dataset, n_mels, where + " dataset_args")
     if front_end != "fbank":
         raise ReleaseError(f"{where}: dataset_args frontend '{front_end}' (a self-supervised front end) is not "
-                           "importable; only fbank models are")
+                           "importable; only fbank and tfmel models are")
     fbank = setting(dataset, "fbank_args", where + " dataset_args", dict, {}, required=False)
     where = where + " dataset_args.fbank_args"
     mels = setting(fbank, "num_mel_bins", where, int, n_mels, required=False)
@@ -137,5 +178,5 @@ def read(path: str) -> ImportedRelease:
     settings.update(front_end_settings(config, settings["n_mels"], config_path))
     classifier = weights.get(CLASSIFIER + "weight")
     return ImportedRelease("wespeaker", network, settings, weights, RULES[family(settings["model"])],
-                           (CLASSIFIER,), [config_path, weights_path],
+                           (CLASSIFIER, FRONT_END), [config_path, weights_path],
                            None if classifier is None else int(classifier.shape[0]))

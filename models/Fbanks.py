@@ -1,10 +1,11 @@
-"""The models' front ends, chosen with --frontend: logmel (today's), kaldi (Kaldi's fbank), speechbrain, or ssl
-(a self-supervised encoder, models/SSLEncoder.py).
+"""The models' front ends, chosen with --frontend: logmel (today's), kaldi (Kaldi's fbank), speechbrain, tfmel
+(ReDimNet2's TensorFlow-style filterbank, models/TFMelFrontEnd.py) or ssl (a self-supervised encoder,
+models/SSLEncoder.py).
 
 Each maps a waveform batch [B, samples] to features [B, feature_dim, frames] on the input's device and counts its
 own framing with frames(samples) and min_samples(frames); the filterbanks work in float32 (autocast off, no
-gradient) and have feature_dim n_mels. The constant tensors of kaldi and speechbrain (windows, mel banks) are not
-saved in checkpoints: the options rebuild them.
+gradient) and have feature_dim n_mels. The constant tensors of kaldi, speechbrain and tfmel (windows, mel banks, DFT
+bases) are not saved in checkpoints: the options rebuild them.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torchaudio
 from torch import nn
 
 from models.FrontEnd import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH, MeanNormalisedFbank
+from models.TFMelFrontEnd import TFMelFbank
 
 # The options each front end takes besides --frontend, with the front end's own defaults.
 FRONTEND_OPTIONS = {
@@ -22,6 +24,7 @@ FRONTEND_OPTIONS = {
     "kaldi": {"frontend_window": "povey", "waveform_scale": 1.0, "preemphasis": 0.97, "dither": 0.0,
               "mean_norm": True},
     "speechbrain": {"frontend_window": "hamming", "waveform_scale": 1.0, "mean_norm": True},
+    "tfmel": {"waveform_scale": 1.0, "waveform_norm": True, "preemphasis": 0.97, "mel_fmin": 20.0, "mel_fmax": 7600.0},
     "ssl": {"ssl_source": None, "ssl_init": "pretrained", "ssl_layers": "weighted", "ssl_frozen": False,
             "lora_rank": 0, "lora_alpha": None, "lora_targets": None, "gradient_checkpointing": False,
             "mean_norm": True, "waveform_norm": None},
@@ -210,6 +213,8 @@ def build_frontend(n_mels: int, frontend: str | None = "logmel", stacked: bool =
         return KaldiFbank(n_mels, **options)
     if frontend == "speechbrain":
         return SpeechBrainFbank(n_mels, **options)
+    if frontend == "tfmel":
+        return TFMelFbank(n_mels, **options)
     if frontend == "ssl":
         from models.SSLEncoder import SSLFrontEnd  # transformers is imported only for an ssl front end
 

@@ -82,8 +82,8 @@ FLAG_GROUPS = {
         ("mix_prob", float, 1.0, "--mix: the share of training batches that are mixed"),
         ("mix_domain", str, "wave", "--mix: what is mixed, wave (the crops' waveforms) or feature (the log-mel "
                                     "features of the model's filterbank front end as it normalises them; CutMix "
-                                    "takes a span of frames; needs a model on --frontend logmel, kaldi or "
-                                    "speechbrain)"),
+                                    "takes a span of frames; needs a model on --frontend logmel, kaldi, "
+                                    "speechbrain or tfmel)"),
         ("freeze_backbone_epochs", int, 0, "fine-tuning: in the first N epochs the embedding model is frozen (no "
                                            "gradients, BatchNorm statistics kept) and only the loss head trains"),
         ("save_last_epochs", int, 0, "also save a checkpoint (without evaluating) at each of the last N epochs, for "
@@ -158,17 +158,20 @@ FLAG_GROUPS = {
     "Front end": [
         ("frontend", str, "logmel", "features of ECAPA_TDNN, ResNet34/221/293 and CAMPPlus: logmel (torchaudio log "
                                     "mel), kaldi (Kaldi's fbank, as wespeaker and 3D-Speaker), speechbrain "
-                                    "(SpeechBrain's Fbank) or ssl (a self-supervised encoder's hidden layers; MHFA "
+                                    "(SpeechBrain's Fbank), tfmel (ReDimNet2's TensorFlow-style log mel, as "
+                                    "wespeaker's ReDimNet2) or ssl (a self-supervised encoder's hidden layers; MHFA "
                                     "and SSL_MFA take only ssl)"),
         ("frontend_window", str, None, "kaldi, speechbrain: window povey, hamming, hann, rectangular or blackman "
                                        "(Kaldi's formulas; symmetric for kaldi, periodic for speechbrain); default "
                                        "povey for kaldi, hamming for speechbrain"),
-        ("waveform_scale", float, None, "kaldi, speechbrain: multiply the waveform (read in [-1, 1]) by this first; "
-                                        "wespeaker's models use 32768 (default 1)"),
-        ("preemphasis", float, None, "kaldi, logmel: pre-emphasis coefficient from 0 to 1 (default 0.97 for kaldi, "
-                                     "0 for logmel)"),
-        ("mel_fmin", float, None, "logmel: lowest edge of the mel bands in Hz (default 0; ReDimNet: 20)"),
-        ("mel_fmax", float, None, "logmel: highest edge of the mel bands in Hz (default 8000; ReDimNet: 7600)"),
+        ("waveform_scale", float, None, "kaldi, speechbrain, tfmel: multiply the waveform (read in [-1, 1]) by this "
+                                        "first; wespeaker's models use 32768 (default 1)"),
+        ("preemphasis", float, None, "kaldi, logmel, tfmel: pre-emphasis coefficient from 0 to 1 (default 0.97 for "
+                                     "kaldi and tfmel, 0 for logmel)"),
+        ("mel_fmin", float, None, "logmel, tfmel: lowest edge of the mel bands in Hz (default 0; ReDimNet and "
+                                  "tfmel: 20)"),
+        ("mel_fmax", float, None, "logmel, tfmel: highest edge of the mel bands in Hz (default 8000; ReDimNet and "
+                                  "tfmel: 7600)"),
         ("dither", float, None, "kaldi: in training only, Gaussian noise of this standard deviation (waveform-scale "
                                 "units) added to each frame, as Kaldi's --dither (default 0)"),
         ("mean_norm", bool, None, "kaldi, speechbrain, ssl: subtract each utterance's mean over time (default "
@@ -187,8 +190,9 @@ FLAG_GROUPS = {
                                     "(default q_proj,v_proj; linear_q,linear_v for w2v-BERT)"),
         ("gradient_checkpointing", bool, None, "ssl: recompute the encoder's activations in the backward pass "
                                                "(less memory, more time)"),
-        ("waveform_norm", bool, None, "ssl: zero-mean, unit-variance waveforms into the encoder (default: the "
-                                      "source's preprocessor_config.json do_normalize, else false)"),
+        ("waveform_norm", bool, None, "ssl, tfmel: zero-mean, unit-variance waveforms into the encoder or "
+                                      "filterbank (ssl's default: the source's preprocessor_config.json "
+                                      "do_normalize, else false; tfmel's: true)"),
     ],
     "Run mode and hardware": [
         ("eval", bool, False, "evaluate only, then exit"),

@@ -42,6 +42,7 @@ WESPEAKER_CASES = (
     "wespeaker_ecapa_tdnn_glob_c1024",
     "wespeaker_ecapa_tdnn_c512",
     "wespeaker_campplus",
+    "wespeaker_redimnet2_b6",
 )
 THREED_SPEAKER_CASES = ("3dspeaker_campplus_voxceleb", "3dspeaker_campplus_cn_common",
                         "3dspeaker_eres2netv2_cn_common")

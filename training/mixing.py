@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from models.Fbanks import KaldiFbank, MeanNormalisedFbank, SpeechBrainFbank
+from models.TFMelFrontEnd import TFMelFbank
 from runtime.errors import ConfigError
 
 MODES = ("none", "mixup", "cutmix", "both")
 DOMAINS = ("wave", "feature")
-FILTERBANKS = (MeanNormalisedFbank, KaldiFbank, SpeechBrainFbank)  # front ends giving [utterances, bins, frames]
+# front ends giving [utterances, bins, frames]
+FILTERBANKS = (MeanNormalisedFbank, KaldiFbank, SpeechBrainFbank, TFMelFbank)
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,8 @@ class Mixing:
         why = ("its --frontend ssl gives a self-supervised encoder's hidden states" if fbank is not None
                else "it computes its features inside the network or works on waveforms")
         raise ConfigError(f"--mix_domain feature mixes the features of a filterbank front end (--frontend logmel, "
-                          f"kaldi or speechbrain; e.g. ResNet34, ECAPA_TDNN, CAMPPlus), and {model} has none: {why}. "
-                          "Use --mix_domain wave")
+                          f"kaldi, speechbrain or tfmel; e.g. ResNet34, ECAPA_TDNN, CAMPPlus), and {model} has none: "
+                          f"{why}. Use --mix_domain wave")
 
     def draw(self, speakers: int, length: int, device: torch.device) -> BatchMix | None:
         """The mix of a batch of `speakers` whose last axis (samples or frames) has `length` entries, or None when
