@@ -48,9 +48,9 @@ class SpeakerNet(nn.Module):
 
 
 def models_with(attribute: str) -> list[str]:
-    """The model plug-ins whose network class has `attribute` set."""
+    """The model plug-ins whose network class (or the factory that builds it) has `attribute` set."""
     return [name for name in available_plugins("models")
-            if any(isinstance(value, type) and getattr(value, attribute, False)
+            if any(callable(value) and getattr(value, attribute, False)
                    for value in vars(plugin_module("models", name)).values())]
 
 

@@ -187,4 +187,6 @@ def redimnet2(size: str):
         return ReDimNet2(size, nOut, n_mels, global_context, emb_bn, dual_agg, agg_gnorm, **frontend_settings(kwargs))
 
     build_model.__doc__ = f"Build ReDimNet2{size}."
+
+    build_model.takes_frontend = True  # as its network class: SpeakerNet lists it
     return build_model

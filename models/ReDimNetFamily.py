@@ -298,4 +298,6 @@ def redimnet(size: str):
         return ReDimNet(size, nOut, n_mels, global_context, emb_bn, **frontend_settings(kwargs))
 
     build_model.__doc__ = f"Build ReDimNet{size}."
+
+    build_model.takes_frontend = True  # as its network class: SpeakerNet lists it
     return build_model

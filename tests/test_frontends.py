@@ -223,8 +223,9 @@ def test_frontend_settings_picks_the_front_end_flags():
 def test_models_with_their_own_features_refuse_a_front_end():
     for flags in ({"frontend": "kaldi"}, {"mean_norm": False}):
         with pytest.raises(PluginError, match=r"ResNetSE34L computes its own features; the front-end flags apply "
-                                              r"to CAMPPlus, ECAPA_TDNN, MHFA, ResNet152, ResNet221, ResNet293, ResNet34, "
-                                              r"SSL_MFA$"):
+                                              r"to CAMPPlus, ECAPA_TDNN, ERes2NetV2, MHFA, ReDimNet2B0, .*ReDimNetB6, "
+                                              r"ResNet152, ResNet221, ResNet293, ResNet34, SSL_MFA, SimAM_ResNet100, "
+                                              r"SimAM_ResNet34$"):
             SpeakerNet(model="ResNetSE34L", trainfunc="angleproto", nOut=32, **flags)
     SpeakerNet(model="ResNetSE34L", trainfunc="angleproto", nOut=32, frontend="logmel", dither=None)
 
