@@ -28,8 +28,12 @@ def run_recipe(tmp_path: Path, *extra: str) -> str:
         (conf / name).write_text(yaml.safe_dump({**recipe, **changes}))
     command = ["bash", "recipes/demo/run.sh", "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"),
                "--conf", str(conf), "--train_speakers", "10", "--test_speakers", "4", "--norm_topk", "3", *extra]
+    # ONEDNN_MAX_CPU_ISA: on some AVX2-only AMD EPYC VMs, oneDNN's AVX2 convolution backward of this narrow ResNet34
+    # aborts the process ("double free or corruption"; torch 2.14.1, reproduced from the commit before ReDimNet);
+    # its AVX kernels do not (docs/training.md, "If training aborts in native code")
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"})
+                            env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2",
+                                 "ONEDNN_MAX_CPU_ISA": "AVX"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
