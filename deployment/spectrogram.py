@@ -6,15 +6,13 @@ these modules compute the same one-sided power (or magnitude) spectrum from the 
 filterbank, in real arithmetic."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
 from models.Fbanks import KaldiPowerSpectrum
-from models.FrontEnd import HOP_LENGTH, N_FFT
+from models.FrontEnd import HOP_LENGTH, N_FFT, dft_basis
 
 
 class DftSpectrogram(nn.Module):
@@ -29,11 +27,10 @@ class DftSpectrogram(nn.Module):
         window = torch.zeros(self.n_fft, dtype=torch.float64)
         left = (self.n_fft - spectrogram.win_length) // 2
         window[left:left + spectrogram.win_length] = spectrogram.window.double()
-        angle = 2 * math.pi * torch.outer(torch.arange(self.n_fft // 2 + 1.0), torch.arange(self.n_fft * 1.0))
-        angle = angle.remainder(2 * math.pi * self.n_fft) / self.n_fft
+        cosine, sine = dft_basis(self.n_fft // 2 + 1, self.n_fft, self.n_fft)
         # real and imaginary parts as two convolutions, so the exporter knows the number of bins of each
-        self.register_buffer("cosine", (angle.cos() * window).unsqueeze(1).float())
-        self.register_buffer("sine", (-angle.sin() * window).unsqueeze(1).float())
+        self.register_buffer("cosine", (cosine * window).unsqueeze(1).float())
+        self.register_buffer("sine", (sine * window).unsqueeze(1).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Spectrum of a [B, samples] waveform batch."""
@@ -57,12 +54,6 @@ class DftMelSpectrogram(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mel spectrum of a [B, samples] waveform batch."""
         return torch.matmul(self.spectrogram(x).transpose(-1, -2), self.filterbank).transpose(-1, -2)
-
-
-def dft_basis(bins: int, n_fft: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cosine, -sine) [bins, length] in float64: the first `bins` bins of an n_fft-point DFT of `length` samples."""
-    phase = torch.outer(torch.arange(bins), torch.arange(length)).remainder(n_fft).double() * (2 * math.pi / n_fft)
-    return phase.cos(), -phase.sin()
 
 
 class DftKaldiPowerSpectrum(nn.Module):

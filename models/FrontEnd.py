@@ -1,6 +1,7 @@
 """Waveform front ends shared by the models: pre-emphasis, mel filterbank, normalised log-mel features."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -12,6 +13,12 @@ SAMPLE_RATE = 16000
 N_FFT = 512
 WIN_LENGTH = 400
 HOP_LENGTH = 160
+
+
+def dft_basis(bins: int, n_fft: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine, -sine) [bins, length] in float64: the first `bins` bins of an n_fft-point DFT of `length` samples."""
+    phase = torch.outer(torch.arange(bins), torch.arange(length)).remainder(n_fft).double() * (2 * math.pi / n_fft)
+    return phase.cos(), -phase.sin()
 
 
 class PreEmphasis(nn.Module):

@@ -30,6 +30,7 @@ from models.ReDimNetFamily import (
     ToMap,
     ToSequence,
     WeightedSum,
+    check_bins,
 )
 from models.StatsPooling import AttentiveStatsPooling
 
@@ -62,15 +63,6 @@ SIZES = {
 }
 
 
-class StageWeights(WeightedSum):
-    """ReDimNet's WeightedSum with a weight per channel and bin even for a single (frozen) input."""
-
-    def __init__(self, inputs: int, width: int) -> None:
-        super().__init__(inputs, width)
-        if inputs == 1:
-            self.w = nn.Parameter(torch.zeros(1, 1, width, 1), requires_grad=False)
-
-
 def to_full_rate(time_stride: int, groups: int, width: int, gnorm: bool) -> list[nn.Module]:
     """Repeat each pooled frame `time_stride` times, then the optional GroupNorm over the C * F sequence."""
     layers: list[nn.Module] = [nn.Upsample(scale_factor=time_stride, mode="nearest")]
@@ -85,7 +77,7 @@ def pooled_2d_layers(inputs: int, channels: int, bins: int, width: int, time_str
     freq_stride, _, blocks, expansion, _ = stage
     out_channels, out_bins = channels * freq_stride, bins // freq_stride
     wide = int(out_channels * expansion)
-    layers = [StageWeights(inputs, width), ToMap(channels, bins),
+    layers = [WeightedSum(inputs, width, wide_single=True), ToMap(channels, bins),
               nn.Conv2d(channels, wide, (freq_stride, time_stride), stride=(freq_stride, time_stride),
                         groups=math.gcd(channels, wide))]
     layers += [ResidualBlock(wide, out_bins, 1, frequency_gate=False) for _ in range(blocks)]
@@ -122,7 +114,7 @@ class ReDimNet2Backbone(nn.Module):
             inputs += 2 if dual_agg else 1
             channels, bins = channels * stage[0], bins // stage[0]
         self.time_stride = time_stride
-        self.fin_wght1d = StageWeights(inputs, width)
+        self.fin_wght1d = WeightedSum(inputs, width, wide_single=True)
         self.to_map = ToMap(channels, bins) if head_2d else None
         if head is None:
             self.head, self.out_dim = nn.Identity(), width
@@ -159,10 +151,7 @@ class ReDimNet2(nn.Module):
         super().__init__()
         self.model_name = f"ReDimNet2{size}"
         channels, head, head_2d, stages = SIZES[size]
-        folding = math.prod(stage[0] for stage in stages)
-        if n_mels % folding:
-            raise ValueError(f"{self.model_name}: --n_mels must be a multiple of {folding} (its stages fold the "
-                             f"frequency axis by that much; the authors use {N_MELS}), got {n_mels}")
+        check_bins(n_mels, channels, stages, self.model_name, N_MELS)
         self.fbank = build_frontend(n_mels, **frontend)
         self.backbone = ReDimNet2Backbone(self.fbank.feature_dim, channels, head, head_2d, stages, dual_agg,
                                           agg_gnorm)

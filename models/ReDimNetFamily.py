@@ -86,11 +86,14 @@ class ToMap(nn.Module):
 
 
 class WeightedSum(nn.Module):
-    """Softmax-weighted sum of N earlier outputs [B, C * F, T], one weight per input, channel and bin (`w`)."""
+    """Softmax-weighted sum of N earlier outputs [B, C * F, T], one weight per input, channel and bin (`w`).
 
-    def __init__(self, inputs: int, width: int) -> None:
+    A single input has a frozen weight, of width 1 (ReDimNet) or of the full width (`wide_single`: ReDimNet2)."""
+
+    def __init__(self, inputs: int, width: int, wide_single: bool = False) -> None:
         super().__init__()
-        self.w = nn.Parameter(torch.zeros(1, inputs, width if inputs > 1 else 1, 1), requires_grad=inputs > 1)
+        self.w = nn.Parameter(torch.zeros(1, inputs, width if inputs > 1 or wide_single else 1, 1),
+                              requires_grad=inputs > 1)
 
     def forward(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         return (torch.softmax(self.w, dim=1) * torch.stack(outputs, dim=1)).sum(dim=1)
@@ -251,9 +254,9 @@ class ReDimNetBackbone(nn.Module):
         return self.fin_wght1d(outputs)
 
 
-def check_bins(n_mels: int, channels: int, stages: list[tuple], model_name: str) -> None:
-    """Refuse an --n_mels that the stages' frequency strides do not divide or whose time-context blocks would not
-    split into the attention heads."""
+def check_bins(n_mels: int, channels: int, stages: list[tuple], model_name: str, authors_mels: int) -> None:
+    """Refuse an --n_mels that the stages' frequency strides (first item of each stage) do not divide or whose
+    time-context blocks (reduction: last item) would not split into the attention heads."""
     folding = 1
     for stage in stages:
         folding *= stage[0]
@@ -262,7 +265,7 @@ def check_bins(n_mels: int, channels: int, stages: list[tuple], model_name: str)
     if n_mels % folding or awkward:
         raise ValueError(f"{model_name}: --n_mels must be a multiple of {folding} (its stages fold the frequency axis "
                          f"by that much) whose {channels} x n_mels channels divide by {ATTENTION_HEADS} x each "
-                         f"time-context reduction; the authors use {SIZES[model_name[-2:]][0]}, got {n_mels}")
+                         f"time-context reduction; the authors use {authors_mels}, got {n_mels}")
 
 
 class ReDimNet(nn.Module):
@@ -274,8 +277,8 @@ class ReDimNet(nn.Module):
                  **frontend) -> None:
         super().__init__()
         self.model_name = f"ReDimNet{size}"
-        _, channels, block_kind, group_divisor, stages = SIZES[size]
-        check_bins(n_mels, channels, stages, self.model_name)
+        authors_mels, channels, block_kind, group_divisor, stages = SIZES[size]
+        check_bins(n_mels, channels, stages, self.model_name, authors_mels)
         self.fbank = build_frontend(n_mels, **frontend)
         self.backbone = ReDimNetBackbone(self.fbank.feature_dim, channels, block_kind, group_divisor, stages)
         self.pool = AttentiveStatsPooling(channels * self.fbank.feature_dim, global_context=global_context)

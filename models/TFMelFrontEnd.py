@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.FrontEnd import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH
+from models.FrontEnd import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH, dft_basis
 
 EPSILON = 1e-8  # the floor (and 1 / EPSILON the ceiling) of the powers, the log's offset, the waveform std's offset
 BINS = N_FFT // 2
@@ -36,12 +36,12 @@ def tf_mel_filters(n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
 
 
 def tf_dft_kernels() -> tuple[torch.Tensor, torch.Tensor]:
-    """(cosine, sine) conv1d kernels [256, 1, 400] in float64: the first 256 bins of a 512-point DFT of a frame,
+    """(cosine, -sine) conv1d kernels [256, 1, 400] in float64: the first 256 bins of a 512-point DFT of a frame,
     times the symmetric Hamming window."""
     n = torch.arange(WIN_LENGTH, dtype=torch.float64)
     window = 0.54 - 0.46 * torch.cos(2 * math.pi * n / (WIN_LENGTH - 1))
-    phase = torch.outer(torch.arange(BINS), torch.arange(WIN_LENGTH)).remainder(N_FFT).double() * (2 * math.pi / N_FFT)
-    return (phase.cos() * window).unsqueeze(1), (phase.sin() * window).unsqueeze(1)
+    cosine, sine = dft_basis(BINS, N_FFT, WIN_LENGTH)
+    return (cosine * window).unsqueeze(1), (sine * window).unsqueeze(1)
 
 
 class TFMelFbank(nn.Module):

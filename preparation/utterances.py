@@ -8,7 +8,7 @@ import soundfile
 from tqdm import tqdm
 
 from preparation.archives import DataprepError
-from runtime.atomic_files import atomic_write
+from runtime.atomic_files import write_text
 
 Utterance = tuple[str, str]  # (speaker, path relative to the list's root)
 
@@ -36,5 +36,4 @@ def drop_short(utterances: list[Utterance], root: Path, min_duration: float, job
 def write_list(path: Path, utterances: list[Utterance]) -> None:
     """Write '<speaker> <path>' lines atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as partial, open(partial, "w", encoding="utf-8") as out:
-        out.writelines(f"{speaker} {relative}\n" for speaker, relative in utterances)
+    write_text(path, "".join(f"{speaker} {relative}\n" for speaker, relative in utterances))

@@ -63,10 +63,15 @@ def test_frames_beyond_the_time_stride_are_dropped():
     torch.testing.assert_close(cut, longer)
 
 
-def test_mel_count_must_fit_the_frequency_folding():
+def test_mel_count_must_fit_the_frequency_folding_and_the_attention_heads():
     with pytest.raises(ValueError, match=r"ReDimNet2B2: --n_mels must be a multiple of 12 .*authors use 72.*got 40"):
         build("B2", n_mels=40)
-    assert build("B0", n_mels=80, nOut=8).fbank.feature_dim == 80  # B0 folds by 8
+    with pytest.raises(ValueError, match=r"ReDimNet2B0: .*12 x n_mels channels divide by 4 x each time-context "
+                                         r"reduction.*got 80"):
+        build("B0", n_mels=80)  # folds by 8, but 960 channels do not split into 4 heads of 960 / 36
+    model = build("B0", n_mels=96, nOut=8).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 16000)).shape == (1, 8)
 
 
 def test_too_short_input_names_the_minimum():
