@@ -49,15 +49,17 @@ def main_worker(context: distributed.Context, settings: Settings) -> None:
             speaker_net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     else:
         wrapped = WrappedModel(speaker_net)
+    finished = False
     try:
         trainer = ModelTrainer.from_settings(wrapped, settings, device, context)
         if run.eval:
             trainer.evaluate()
         else:
             trainer.fit()
+        finished = True
     finally:
         if context.distributed:
-            torch.distributed.destroy_process_group()
+            distributed.leave_process_group(finished)
 
 
 def prepare_save_path(run: RunSettings) -> None:

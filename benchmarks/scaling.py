@@ -30,6 +30,7 @@ from results_file import save_json  # noqa: E402
 from shard_loading import generate_corpus  # noqa: E402
 
 from preparation.shards import make_shards  # noqa: E402
+from runtime import distributed  # noqa: E402
 from SpeakerNet import SpeakerNet  # noqa: E402
 
 RESULTS = BENCHMARKS / "results" / "scaling.json"
@@ -89,7 +90,8 @@ def all_reduce_worker(rank: int, port: str, numel: int, repeats: int, folder: st
             times.append(time.perf_counter() - started)
     if rank == 0:
         Path(folder, "all_reduce.json").write_text(json.dumps(times))
-    dist.destroy_process_group()
+    distributed.leave_process_group()
+    distributed.end_rank_process(0)
 
 
 def all_reduce_seconds(numel: int, repeats: int = 20) -> float:

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -79,6 +79,7 @@ def start(worker, payload, run) -> None:
     elif launched_by_torchrun():
         worker(Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
                        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), True), payload)
+        end_rank_process(0)
     else:
         count = process_count(run)
         user_errors = mp.get_context("spawn").SimpleQueue()
@@ -124,7 +125,18 @@ def _spawned(index: int, count: int, worker, payload, debug: bool, user_errors) 
         if debug:
             raise
         user_errors.put((index, None if isinstance(error, PeerStopped) else str(error)))
-        sys.exit(1)
+        end_rank_process(1)
+    end_rank_process(0)
+
+
+def end_rank_process(status: int) -> NoReturn:
+    """End a rank's process once it has left the group, skipping the interpreter's shutdown (output is flushed
+    first; every file has been closed). gloo's worker threads release a collective's tensors after the caller has
+    moved on, and one that still needs the interpreter while it shuts down aborts the process ("terminate called
+    without an active exception"), turning a finished run into a failed one."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def init_process_group(context: Context, device: torch.device, port: str) -> None:
@@ -136,6 +148,15 @@ def init_process_group(context: Context, device: torch.device, port: str) -> Non
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.local_world_size))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=context.rank,
                             world_size=context.world_size)
+
+
+def leave_process_group(finished: bool = True) -> None:
+    """Leave the job. A rank that `finished` first waits for the others (a barrier), so no rank tears its
+    connections down while a peer still works; a rank stopping on an error leaves at once, as the others may never
+    reach the barrier."""
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def group_position() -> tuple[int, int] | None:

@@ -3,6 +3,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ def ddp_worker(rank: int, port: str, folder: str) -> None:
     trainer.train_step(data.transpose(1, 0), label)
     torch.save({name: p.grad for name, p in model.module.named_parameters() if p.grad is not None},
                f"{folder}/grads{rank}.pt")
-    torch.distributed.destroy_process_group()
+    distributed.leave_process_group()
+    distributed.end_rank_process(0)
 
 
 @pytest.mark.integration
@@ -100,7 +102,8 @@ def from_main_worker(rank: int, port: str, folder: str) -> None:
         outcome = f"error: {error}"
     with open(f"{folder}/result{rank}.txt", "w") as handle:
         handle.write(f"{shared}|{outcome}|{distributed.gather_list(rank * 10)}")
-    torch.distributed.destroy_process_group()
+    distributed.leave_process_group()
+    distributed.end_rank_process(0)
 
 
 @pytest.mark.integration
@@ -112,6 +115,36 @@ def test_rank_zero_reads_and_every_rank_gets_its_content(tmp_path):
     assert [shared for shared, _, _ in results] == ["rank zero's state"] * 2
     assert results[0][1] == f"error: {tmp_path}/state0.txt is gone" and results[1][1] == "stopped quietly"
     assert [gathered for _, _, gathered in results] == ["[0, 10]"] * 2
+
+
+def leaving_worker(rank: int, port: str, folder: str, finished: bool) -> None:
+    """Rank 0 is still busy for a second after the last gather; rank 1 leaves at once and notes how long it took."""
+    distributed.init_process_group(distributed.Context(rank, 2, rank, 2, True), torch.device("cpu"), port)
+    distributed.gather_list(rank)
+    if rank == 0:
+        time.sleep(1.0)
+    started = time.perf_counter()
+    distributed.leave_process_group(finished)
+    with open(f"{folder}/left{rank}.txt", "w") as handle:
+        handle.write(str(time.perf_counter() - started))
+    distributed.end_rank_process(0)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_finished_rank_leaves_with_the_others(tmp_path, finished):
+    """A finished rank must not tear down while a peer is still working (its connections would close under a working peer); a rank
+    stopping on an error must not wait for peers that may never come."""
+    mp.spawn(leaving_worker, args=(free_port(), str(tmp_path), finished), nprocs=2)
+    waited = float((tmp_path / "left1.txt").read_text())
+    assert (waited > 0.8) if finished else (waited < 0.5)
+
+
+def test_a_rank_process_ends_with_its_status_and_its_output():
+    code = "from runtime import distributed; print('buffered line'); distributed.end_rank_process(3)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 3 and result.stdout == "buffered line\n"
 
 
 def torchrun(argv: list[str]) -> subprocess.CompletedProcess:
