@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from models.Fbanks import build_frontend, frontend_settings
-from models.FrontEnd import check_input_length, min_frames_for
 from models.ReDimNetFamily import (
     NORM_EPS,
     REDIMNET_OPTIONS,
     ChannelNorm,
+    PooledBackbone,
     ResidualBlock,
     TimeContextBlock,
     ToMap,
@@ -32,7 +32,6 @@ from models.ReDimNetFamily import (
     WeightedSum,
     check_bins,
 )
-from models.StatsPooling import AttentiveStatsPooling
 
 REDIMNET2_OPTIONS = {
     **REDIMNET_OPTIONS,
@@ -141,32 +140,16 @@ class ReDimNet2Backbone(nn.Module):
         return self.head(x)
 
 
-class ReDimNet2(nn.Module):
-    """Waveform -> log-mel [B, F, T] -> ReDimNet2 backbone -> attentive statistics -> BatchNorm -> linear."""
-
-    takes_frontend = True
+class ReDimNet2(PooledBackbone):
+    """ReDimNet2 of size `size` (SIZES) on `n_mels` mel bins."""
 
     def __init__(self, size: str, nOut: int, n_mels: int, global_context: bool = True, emb_bn: bool = False,
                  dual_agg: bool = False, agg_gnorm: bool = False, **frontend) -> None:
-        super().__init__()
-        self.model_name = f"ReDimNet2{size}"
         channels, head, head_2d, stages = SIZES[size]
-        check_bins(n_mels, channels, stages, self.model_name, N_MELS)
-        self.fbank = build_frontend(n_mels, **frontend)
-        self.backbone = ReDimNet2Backbone(self.fbank.feature_dim, channels, head, head_2d, stages, dual_agg,
-                                          agg_gnorm)
-        self.pool = AttentiveStatsPooling(self.backbone.out_dim, global_context=global_context)
-        self.bn = nn.BatchNorm1d(self.pool.out_dim)
-        self.linear = nn.Linear(self.pool.out_dim, nOut)
-        self.bn2 = nn.BatchNorm1d(nOut) if emb_bn else nn.Identity()
-        stride = self.backbone.time_stride
-        self.min_samples = self.fbank.min_samples(min_frames_for(lambda frames: frames // stride))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Waveform [B, samples] -> embedding [B, nOut]."""
-        check_input_length(x, self.min_samples, self.model_name)
-        x = self.backbone(self.fbank(x).unsqueeze(1))
-        return self.bn2(self.linear(self.bn(self.pool(x))))
+        check_bins(n_mels, channels, stages, f"ReDimNet2{size}", N_MELS)
+        fbank = build_frontend(n_mels, **frontend)
+        backbone = ReDimNet2Backbone(fbank.feature_dim, channels, head, head_2d, stages, dual_agg, agg_gnorm)
+        super().__init__(f"ReDimNet2{size}", fbank, backbone, nOut, global_context, emb_bn)
 
 
 def redimnet2(size: str):
@@ -176,6 +159,5 @@ def redimnet2(size: str):
         return ReDimNet2(size, nOut, n_mels, global_context, emb_bn, dual_agg, agg_gnorm, **frontend_settings(kwargs))
 
     build_model.__doc__ = f"Build ReDimNet2{size}."
-
     build_model.takes_frontend = True  # as its network class: SpeakerNet lists it
     return build_model

@@ -15,6 +15,8 @@ one renaming rule; each size's stage table is in SIZES.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -236,9 +238,11 @@ def stage_layers(index: int, channels: int, bins: int, width: int, stage: tuple,
 class ReDimNetBackbone(nn.Module):
     """Log-mel map [B, 1, F, T] -> aggregated sequence [B, C * F, T]."""
 
+    time_stride = 1  # every stage runs on all frames
+
     def __init__(self, bins: int, channels: int, block_kind: str, group_divisor: int, stages: list[tuple]) -> None:
         super().__init__()
-        width = channels * bins
+        width = self.out_dim = channels * bins
         self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding="same"), ChannelNorm(channels), ToSequence())
         self.stages = len(stages)
         for index, stage in enumerate(stages):
@@ -257,9 +261,7 @@ class ReDimNetBackbone(nn.Module):
 def check_bins(n_mels: int, channels: int, stages: list[tuple], model_name: str, authors_mels: int) -> None:
     """Refuse an --n_mels that the stages' frequency strides (first item of each stage) do not divide or whose
     time-context blocks (reduction: last item) would not split into the attention heads."""
-    folding = 1
-    for stage in stages:
-        folding *= stage[0]
+    folding = math.prod(stage[0] for stage in stages)
     awkward = [reduction for *_, reduction in stages
                if reduction is not None and (channels * n_mels) % (reduction * ATTENTION_HEADS)]
     if n_mels % folding or awkward:
@@ -268,30 +270,40 @@ def check_bins(n_mels: int, channels: int, stages: list[tuple], model_name: str,
                          f"time-context reduction; the authors use {authors_mels}, got {n_mels}")
 
 
-class ReDimNet(nn.Module):
-    """Waveform -> log-mel [B, F, T] -> ReDimNet backbone -> attentive statistics -> BatchNorm -> linear."""
+class PooledBackbone(nn.Module):
+    """Waveform -> log-mel [B, F, T] -> backbone -> attentive statistics -> BatchNorm -> linear (-> BatchNorm): the
+    network of ReDimNet and ReDimNet2 around their backbones (which give out_dim channels every time_stride frames)."""
 
     takes_frontend = True
 
-    def __init__(self, size: str, nOut: int, n_mels: int, global_context: bool = True, emb_bn: bool = False,
-                 **frontend) -> None:
+    def __init__(self, model_name: str, fbank: nn.Module, backbone: nn.Module, nOut: int, global_context: bool,
+                 emb_bn: bool) -> None:
         super().__init__()
-        self.model_name = f"ReDimNet{size}"
-        authors_mels, channels, block_kind, group_divisor, stages = SIZES[size]
-        check_bins(n_mels, channels, stages, self.model_name, authors_mels)
-        self.fbank = build_frontend(n_mels, **frontend)
-        self.backbone = ReDimNetBackbone(self.fbank.feature_dim, channels, block_kind, group_divisor, stages)
-        self.pool = AttentiveStatsPooling(channels * self.fbank.feature_dim, global_context=global_context)
+        self.model_name, self.fbank, self.backbone = model_name, fbank, backbone
+        self.pool = AttentiveStatsPooling(backbone.out_dim, global_context=global_context)
         self.bn = nn.BatchNorm1d(self.pool.out_dim)
         self.linear = nn.Linear(self.pool.out_dim, nOut)
         self.bn2 = nn.BatchNorm1d(nOut) if emb_bn else nn.Identity()
-        self.min_samples = self.fbank.min_samples(min_frames_for(lambda frames: frames))
+        stride = backbone.time_stride
+        self.min_samples = fbank.min_samples(min_frames_for(lambda frames: frames // stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Waveform [B, samples] -> embedding [B, nOut]."""
         check_input_length(x, self.min_samples, self.model_name)
         x = self.backbone(self.fbank(x).unsqueeze(1))
         return self.bn2(self.linear(self.bn(self.pool(x))))
+
+
+class ReDimNet(PooledBackbone):
+    """ReDimNet of size `size` (SIZES) on `n_mels` mel bins."""
+
+    def __init__(self, size: str, nOut: int, n_mels: int, global_context: bool = True, emb_bn: bool = False,
+                 **frontend) -> None:
+        authors_mels, channels, block_kind, group_divisor, stages = SIZES[size]
+        check_bins(n_mels, channels, stages, f"ReDimNet{size}", authors_mels)
+        fbank = build_frontend(n_mels, **frontend)
+        backbone = ReDimNetBackbone(fbank.feature_dim, channels, block_kind, group_divisor, stages)
+        super().__init__(f"ReDimNet{size}", fbank, backbone, nOut, global_context, emb_bn)
 
 
 def redimnet(size: str):
@@ -301,6 +313,5 @@ def redimnet(size: str):
         return ReDimNet(size, nOut, n_mels, global_context, emb_bn, **frontend_settings(kwargs))
 
     build_model.__doc__ = f"Build ReDimNet{size}."
-
     build_model.takes_frontend = True  # as its network class: SpeakerNet lists it
     return build_model

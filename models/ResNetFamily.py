@@ -149,6 +149,5 @@ def simam_resnet(layers: list[int], model_name: str):
                            **frontend_settings(kwargs))
 
     build_model.__doc__ = f"Build {model_name}."
-
     build_model.takes_frontend = True  # as its network class: SpeakerNet lists it
     return build_model
