@@ -106,7 +106,7 @@ def test_audio_files():
 def test_fixture(name):
     case = load_case(name)
     assert case["case"] == name and case["toolkit"] in ("wespeaker", "3d-speaker", "speechbrain", "redimnet",
-                                                                "redimnet2")
+                                                        "redimnet2")
     release = case["release"]
     for spec in release["weights"].values():
         keys = [entry[0] for entry in spec["tensors"]]
